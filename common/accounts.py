@@ -1,0 +1,119 @@
+"""Accounts: input validation, registration, login and profile updates.
+
+The gateway validates requests with the same functions before it puts them on Kafka (a bad request
+is answered at once with 10002 naming the field); the register and login functions do the work.
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from common import auth
+from common.config import Config
+from common.errors import AppError, Code
+from common.models import User, db, now_ms
+
+USERNAME = re.compile(r"^[A-Za-z0-9_.-]{3,32}$")
+EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s]{1,63}$")
+PASSWORD_MIN, PASSWORD_MAX = 8, 128
+
+
+def _text(body: dict, name: str, *, required: bool, max_len: int, default: str | None = None):
+    value = body.get(name)
+    if value is None or value == "":
+        if required:
+            raise AppError(Code.INVALID_PARAMS, f"{name} is required", field=name)
+        return default
+    if not isinstance(value, str):
+        raise AppError(Code.INVALID_PARAMS, f"{name} must be a string", field=name)
+    if len(value) > max_len:
+        raise AppError(Code.INVALID_PARAMS, f"{name} is longer than {max_len} characters", field=name)
+    return value
+
+
+def _body(body) -> dict:
+    if not isinstance(body, dict):
+        raise AppError(Code.INVALID_PARAMS, "expected a JSON object")
+    return body
+
+
+def validate_registration(body) -> dict:
+    body = _body(body)
+    username = _text(body, "username", required=True, max_len=32)
+    if not USERNAME.match(username):
+        raise AppError(Code.INVALID_PARAMS,
+                       "username must be 3-32 letters, digits, '_', '.' or '-'", field="username")
+    password = _text(body, "password", required=True, max_len=PASSWORD_MAX)
+    if len(password) < PASSWORD_MIN:
+        raise AppError(Code.INVALID_PARAMS, f"password must be at least {PASSWORD_MIN} characters",
+                       field="password")
+    email = _text(body, "email", required=False, max_len=254)
+    if email is not None and not EMAIL.match(email):
+        raise AppError(Code.INVALID_PARAMS, "email is not a valid address", field="email")
+    nickname = _text(body, "nickname", required=False, max_len=64, default=username)
+    return {"username": username, "password": password, "email": email, "nickname": nickname}
+
+
+def validate_login(body) -> dict:
+    body = _body(body)
+    return {"username": _text(body, "username", required=True, max_len=32),
+            "password": _text(body, "password", required=True, max_len=PASSWORD_MAX)}
+
+
+def validate_profile_update(body) -> dict:
+    body = _body(body)
+    changes = {}
+    for name, max_len in (("nickname", 64), ("avatar", 512)):
+        if name in body:
+            value = body[name]
+            if not isinstance(value, str) or len(value) > max_len:
+                raise AppError(Code.INVALID_PARAMS,
+                               f"{name} must be a string of at most {max_len} characters", field=name)
+            changes[name] = value
+    if not changes:
+        raise AppError(Code.INVALID_PARAMS, "nothing to update: give nickname and/or avatar")
+    return changes
+
+
+def register(fields: dict, request_id: str | None, cfg: Config) -> User:
+    """Create the account; idempotent per ``request_id`` (a redelivered request gets its user)."""
+    password_hash = auth.hash_password(fields["password"], cfg.auth.password_iterations)
+    with db.atomic():
+        created = (User.insert(username=fields["username"], password_hash=password_hash,
+                               email=fields.get("email"), nickname=fields.get("nickname") or "",
+                               register_request_id=request_id)
+                   .on_conflict_ignore().as_rowcount().execute())
+    user = User.get_or_none(User.username == fields["username"])
+    if user is None or not created and (request_id is None or user.register_request_id != request_id):
+        raise AppError(Code.USER_EXISTS)
+    return user
+
+
+@lru_cache(maxsize=4)
+def _dummy_hash(iterations: int) -> str:
+    return auth.hash_password("not-a-real-password", iterations)
+
+
+def login(fields: dict, cfg: Config) -> dict:
+    """Check the password and issue a token. Unknown user and wrong password look the same."""
+    user = User.get_or_none(User.username == fields["username"])
+    stored = user.password_hash if user else _dummy_hash(cfg.auth.password_iterations)
+    # Verify even for an unknown user, so the response time does not reveal which names exist.
+    if not auth.verify_password(fields["password"], stored) or user is None:
+        raise AppError(Code.INVALID_PASSWORD)
+    return {"token": auth.issue_token(user.id, cfg.jwt), "expires_in": cfg.jwt.ttl_seconds,
+            "user": user.public()}
+
+
+def profile(user_id: int) -> User:
+    user = User.get_or_none(User.id == user_id)
+    if user is None:
+        raise AppError(Code.USER_NOT_FOUND)
+    return user
+
+
+def update_profile(user_id: int, changes: dict) -> User:
+    updated = User.update(**changes, updated_at=now_ms()).where(User.id == user_id).execute()
+    if not updated:
+        raise AppError(Code.USER_NOT_FOUND)
+    return profile(user_id)

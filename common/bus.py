@@ -1,0 +1,123 @@
+"""Kafka and Redis plumbing shared by the gateway and the function runtime.
+
+Events are compact JSON objects. Pipeline metadata (retry attempt, origin topic, due time, error)
+travels in Kafka record headers, so an event's bytes are never rewritten on its way through retry
+and the DLQ. Client settings favour chat latency: no linger, short fetch waits, manual commits.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Iterable
+
+import redis
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+from common.config import Config
+
+logger = logging.getLogger(__name__)
+
+# Topics every deployment has, by short name. Each function consumes the topic of its own name.
+TOPICS = ("register", "login", "send", "deliver", "retry", "dlq")
+# Auth requests carry passwords: keep them in the log no longer than retries can need them.
+_TOPIC_CONFIGS = {"register": {"retention.ms": "3600000"}, "login": {"retention.ms": "3600000"}}
+
+# Header names of the pipeline metadata.
+H_ATTEMPT = "pingme-attempt"              # retries done so far
+H_ORIGIN_TOPIC = "pingme-origin-topic"
+H_ORIGIN_PARTITION = "pingme-origin-partition"
+H_ORIGIN_OFFSET = "pingme-origin-offset"
+H_DUE_MS = "pingme-due-ms"                # when the retry function may re-publish it
+H_ERROR_CODE = "pingme-error-code"
+H_ERROR = "pingme-error"
+H_FIRST_FAILED_MS = "pingme-first-failed-ms"
+
+
+def encode(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode(raw: bytes | None) -> Any:
+    """Decode a JSON event; raise ValueError for anything that is not a JSON object."""
+    if raw is None:
+        raise ValueError("empty record")
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("event is not a JSON object")
+    return value
+
+
+def headers_to_dict(headers: Iterable[tuple[str, bytes]] | None) -> dict[str, str]:
+    return {name: (value or b"").decode("utf-8", "replace") for name, value in headers or ()}
+
+
+def dict_to_headers(headers: dict[str, object]) -> list[tuple[str, bytes]]:
+    return [(name, str(value).encode()) for name, value in headers.items()]
+
+
+def make_producer(cfg: Config, **overrides) -> KafkaProducer:
+    options = dict(
+        bootstrap_servers=list(cfg.kafka.brokers),
+        client_id=f"{cfg.app.namespace}-producer",
+        acks="all",
+        linger_ms=0,
+        max_block_ms=10_000,
+        request_timeout_ms=10_000,
+        delivery_timeout_ms=30_000,
+        allow_auto_create_topics=False,
+    )
+    options.update(overrides)
+    return KafkaProducer(**options)
+
+
+def make_consumer(cfg: Config, function: str, **overrides) -> KafkaConsumer:
+    options = dict(
+        bootstrap_servers=list(cfg.kafka.brokers),
+        group_id=cfg.group(function),
+        client_id=f"{cfg.group(function)}-consumer",
+        enable_auto_commit=False,          # the runtime commits after outputs are flushed
+        auto_offset_reset="earliest",      # a new group must not skip events already accepted
+        fetch_max_wait_ms=20,
+        session_timeout_ms=10_000,         # a killed worker's partitions move on within seconds
+        heartbeat_interval_ms=1_000,
+        max_poll_interval_ms=300_000,
+        allow_auto_create_topics=False,
+    )
+    options.update(overrides)
+    return KafkaConsumer(**options)
+
+
+def ensure_topics(cfg: Config, names: Iterable[str] = TOPICS) -> list[str]:
+    """Create the missing topics (short names); return the full names of those created."""
+    admin = KafkaAdminClient(bootstrap_servers=list(cfg.kafka.brokers),
+                             client_id=f"{cfg.app.namespace}-admin", request_timeout_ms=15_000)
+    try:
+        wanted = {cfg.topic(name): {"num_partitions": cfg.kafka.partitions, "replication_factor": -1,
+                                    "configs": _TOPIC_CONFIGS.get(name, {})} for name in names}
+        existing = set(admin.list_topics())
+        missing = {name: spec for name, spec in wanted.items() if name not in existing}
+        if missing:
+            response = admin.create_topics(missing, raise_errors=False, wait_for_metadata=True)
+            _raise_topic_errors(response)
+        return sorted(missing)
+    finally:
+        admin.close()
+
+
+def _raise_topic_errors(response: dict) -> None:
+    for topic in response.get("topics", ()):
+        code = topic.get("error_code", 0)
+        if code not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS (another process won the race)
+            raise RuntimeError(f"creating topic {topic.get('name')} failed with Kafka error code {code}")
+
+
+def make_redis(cfg: Config, **overrides) -> redis.Redis:
+    options = dict(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db,
+                   socket_connect_timeout=2, socket_timeout=5, health_check_interval=30)
+    options.update(overrides)
+    return redis.Redis(**options)
+
+
+def gateway_channel(cfg: Config, gateway_id: str) -> str:
+    """The Redis channel a gateway listens on for replies and pushes."""
+    return cfg.redis_key("gw", gateway_id)

@@ -1,0 +1,331 @@
+"""Configuration: one immutable object, loaded once with :func:`load` and passed in.
+
+Sources, later ones winning: the defaults in :data:`SETTINGS`, the YAML file (``APP_CONF``, default
+``config/local.yml``), then environment variables. Every setting has a default; a bad value raises
+:class:`ConfigError` naming the key. ``APP_ENV=production`` refuses a missing, short or default
+JWT secret.
+
+The table in :data:`SETTINGS` is the single list of settings; ``python -m common.config --markdown``
+prints it as the README's configuration table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONF = REPO_ROOT / "config" / "local.yml"
+# A placeholder that lets `make dev` run out of the box; production refuses it.
+DEV_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me"
+MIN_PRODUCTION_SECRET_LEN = 32
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the key."""
+
+
+# ---- value parsers: each takes the raw value (YAML scalar or env string) and the key -------------
+
+def _int(lo: int, hi: int) -> Callable[[Any, str], int]:
+    def parse(raw: Any, key: str) -> int:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{key}: expected an integer, got {raw!r}")
+        try:
+            value = int(str(raw).strip())
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise ConfigError(f"{key}: {value} is out of range [{lo}, {hi}]")
+        return value
+    return parse
+
+
+def _float(lo: float, hi: float) -> Callable[[Any, str], float]:
+    def parse(raw: Any, key: str) -> float:
+        try:
+            value = float(str(raw).strip())
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise ConfigError(f"{key}: {value} is out of range [{lo}, {hi}]")
+        return value
+    return parse
+
+
+def _bool(raw: Any, key: str) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key}: expected true or false, got {raw!r}")
+
+
+def _str(raw: Any, key: str) -> str:
+    if raw is None or isinstance(raw, (dict, list)):
+        raise ConfigError(f"{key}: expected a string, got {raw!r}")
+    return str(raw)
+
+
+def _nonempty(raw: Any, key: str) -> str:
+    value = _str(raw, key).strip()
+    if not value:
+        raise ConfigError(f"{key}: must not be empty")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[Any, str], str]:
+    def parse(raw: Any, key: str) -> str:
+        value = _str(raw, key).strip().lower()
+        if value not in choices:
+            raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {raw!r}")
+        return value
+    return parse
+
+
+def _brokers(raw: Any, key: str) -> tuple[str, ...]:
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    brokers = tuple(str(item).strip() for item in items if str(item).strip())
+    if not brokers:
+        raise ConfigError(f"{key}: expected at least one host:port")
+    for broker in brokers:
+        host, _, port = broker.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"{key}: {broker!r} is not host:port")
+    return brokers
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str            # dotted YAML path, e.g. "db.host"
+    env: str | None     # environment variable that overrides it
+    default: Any
+    parse: Callable[[Any, str], Any]
+    doc: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("app.host", "APP_HOST", "0.0.0.0", _nonempty, "Gateway listen address"),
+    Setting("app.port", "APP_PORT", 8080, _int(1, 65535), "Gateway listen port"),
+    Setting("app.env", "APP_ENV", "development", _choice("development", "test", "production"),
+            "`production` enforces a real JWT secret"),
+    Setting("app.namespace", "PINGME_NAMESPACE", "pingme", _nonempty,
+            "Prefix of every Kafka topic, consumer group and Redis key (isolates test runs)"),
+    Setting("app.gateway_id", "GATEWAY_ID", "", _str,
+            "This gateway's reply/push address; empty = random per process"),
+    Setting("app.worker_connections", "WORKER_CONNECTIONS", 10000, _int(10, 1_000_000),
+            "gunicorn gevent worker connection cap (WebSocket + HTTP)"),
+    Setting("db.engine", "DB_ENGINE", "sqlite", _choice("sqlite", "mysql"),
+            "`sqlite` (embedded, local run only) or `mysql` (MariaDB/MySQL)"),
+    Setting("db.path", "DB_PATH", ".state/pingme.db", _nonempty,
+            "SQLite file, relative to the repository root"),
+    Setting("db.host", "DB_HOST", "127.0.0.1", _nonempty, "MySQL host"),
+    Setting("db.port", "DB_PORT", 3306, _int(1, 65535), "MySQL port"),
+    Setting("db.username", "DB_USERNAME", "pingme", _nonempty, "MySQL user"),
+    Setting("db.password", "DB_PASSWORD", "", _str, "MySQL password"),
+    Setting("db.name", "DB_NAME", "pingme", _nonempty, "MySQL database"),
+    Setting("db.max_connections", "DB_MAX_CONNECTIONS", 20, _int(1, 1000),
+            "Connection pool size per process"),
+    Setting("redis.host", "REDIS_HOST", "127.0.0.1", _nonempty, "Redis host"),
+    Setting("redis.port", "REDIS_PORT", 6379, _int(1, 65535), "Redis port"),
+    Setting("redis.db", "REDIS_DB", 0, _int(0, 15), "Redis database number"),
+    Setting("kafka.brokers", "KAFKA_BROKERS", "127.0.0.1:9092", _brokers,
+            "Comma-separated bootstrap servers"),
+    Setting("kafka.partitions", "KAFKA_PARTITIONS", 6, _int(1, 1000),
+            "Partitions per topic when the app creates it (bounds each function's parallelism)"),
+    Setting("kafka.request_timeout_ms", "KAFKA_REQUEST_TIMEOUT_MS", 5000, _int(100, 120_000),
+            "How long the gateway waits for a function's reply before answering 10008"),
+    Setting("kafka.retry_max_attempts", "RETRY_MAX_ATTEMPTS", 3, _int(0, 100),
+            "Retries of a transiently failed event before the DLQ"),
+    Setting("kafka.retry_initial_backoff_ms", "RETRY_INITIAL_BACKOFF_MS", 100, _int(1, 240_000),
+            "Delay before the first retry"),
+    Setting("kafka.retry_max_backoff_ms", "RETRY_MAX_BACKOFF_MS", 10_000, _int(1, 240_000),
+            "Cap on any retry delay (below the consumer poll interval)"),
+    Setting("kafka.retry_multiplier", "RETRY_MULTIPLIER", 2.0, _float(1.0, 100.0),
+            "Backoff growth factor per attempt"),
+    Setting("kafka.enable_dlq", "ENABLE_DLQ", True, _bool,
+            "Send exhausted/undecodable events to the DLQ topic (else log and skip)"),
+    Setting("jwt.secret", "JWT_SECRET", DEV_JWT_SECRET, _str,
+            "HS256 signing secret; production needs >= 32 chars, not the default"),
+    Setting("jwt.ttl_seconds", "JWT_TTL_SECONDS", 86400, _int(60, 30 * 86400), "Token lifetime"),
+    Setting("jwt.issuer", "JWT_ISSUER", "pingme", _nonempty, "`iss` claim"),
+    Setting("auth.password_iterations", "PASSWORD_ITERATIONS", 200_000, _int(1, 10_000_000),
+            "PBKDF2-SHA256 iterations for new password hashes (the login cost)"),
+)
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    host: str
+    port: int
+    env: str
+    namespace: str
+    gateway_id: str
+    worker_connections: int
+
+
+@dataclass(frozen=True)
+class DbConfig:
+    engine: str
+    path: str
+    host: str
+    port: int
+    username: str
+    password: str = dataclasses.field(repr=False)
+    name: str
+    max_connections: int
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    host: str
+    port: int
+    db: int
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    brokers: tuple[str, ...]
+    partitions: int
+    request_timeout_ms: int
+    retry_max_attempts: int
+    retry_initial_backoff_ms: int
+    retry_max_backoff_ms: int
+    retry_multiplier: float
+    enable_dlq: bool
+
+
+@dataclass(frozen=True)
+class JwtConfig:
+    secret: str = dataclasses.field(repr=False)
+    ttl_seconds: int
+    issuer: str
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    password_iterations: int
+
+
+@dataclass(frozen=True)
+class Config:
+    app: AppConfig
+    db: DbConfig
+    redis: RedisConfig
+    kafka: KafkaConfig
+    jwt: JwtConfig
+    auth: AuthConfig
+    source: str = ""  # the YAML file that was read, for start-up logs
+
+    @property
+    def production(self) -> bool:
+        return self.app.env == "production"
+
+    def topic(self, name: str) -> str:
+        """The full name of a topic (``send`` → ``pingme.send``)."""
+        return f"{self.app.namespace}.{name}"
+
+    def group(self, function: str) -> str:
+        """A function's consumer group: one per function, so each scales on its own lag."""
+        return f"{self.app.namespace}.{function}"
+
+    def redis_key(self, *parts: object) -> str:
+        """A namespaced Redis key or channel (``gw``, ``abc`` → ``pingme:gw:abc``)."""
+        return ":".join((self.app.namespace, *map(str, parts)))
+
+
+_SECTIONS = {"app": AppConfig, "db": DbConfig, "redis": RedisConfig, "kafka": KafkaConfig,
+             "jwt": JwtConfig, "auth": AuthConfig}
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load(env: Mapping[str, str] | None = None) -> Config:
+    """Build the configuration from defaults, the YAML file and ``env`` (default ``os.environ``)."""
+    env = os.environ if env is None else env
+    conf_path = env.get("APP_CONF")
+    if conf_path:
+        path = Path(conf_path)
+        if not path.exists():
+            raise ConfigError(f"APP_CONF: no such file {conf_path!r}")
+    else:
+        path = DEFAULT_CONF
+    document = _read_yaml(path) if path.exists() else {}
+
+    known_sections = set(_SECTIONS)
+    for section, body in document.items():
+        if section not in known_sections:
+            raise ConfigError(f"{section}: unknown section (known: {', '.join(sorted(known_sections))})")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{section}: expected a mapping")
+    known_keys = {s.key for s in SETTINGS}
+    for section, body in document.items():
+        for name in body:
+            if f"{section}.{name}" not in known_keys:
+                raise ConfigError(f"{section}.{name}: unknown setting")
+
+    values: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    for setting in SETTINGS:
+        section, name = setting.key.split(".")
+        raw, label = setting.default, setting.key
+        if name in document.get(section, {}):
+            raw = document[section][name]
+        if setting.env and env.get(setting.env) is not None:
+            raw, label = env[setting.env], f"{setting.env} ({setting.key})"
+        values[section][name] = setting.parse(raw, label)
+
+    if not values["app"]["gateway_id"]:
+        values["app"]["gateway_id"] = uuid.uuid4().hex[:12]
+    config = Config(**{name: cls(**values[name]) for name, cls in _SECTIONS.items()},
+                    source=str(path) if path.exists() else "")
+    _check(config)
+    return config
+
+
+def _check(config: Config) -> None:
+    k = config.kafka
+    if k.retry_initial_backoff_ms > k.retry_max_backoff_ms:
+        raise ConfigError("kafka.retry_initial_backoff_ms: must not exceed kafka.retry_max_backoff_ms")
+    if config.production:
+        secret = config.jwt.secret
+        if not secret or secret == DEV_JWT_SECRET or len(secret) < MIN_PRODUCTION_SECRET_LEN:
+            raise ConfigError(
+                f"JWT_SECRET (jwt.secret): production needs a secret of at least "
+                f"{MIN_PRODUCTION_SECRET_LEN} characters that is not the development default")
+        if config.db.engine == "sqlite":
+            raise ConfigError("DB_ENGINE (db.engine): sqlite is for the local run only; use mysql")
+
+
+def markdown_table() -> str:
+    rows = ["| Key (YAML) | Environment | Default | Meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        default = "(the dev placeholder)" if s.key == "jwt.secret" else f"`{s.default}`"
+        rows.append(f"| `{s.key}` | `{s.env}` | {default} | {s.doc} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--markdown"]:
+        print(markdown_table())
+    else:
+        try:
+            print(load())
+        except ConfigError as exc:
+            sys.exit(f"config error: {exc}")

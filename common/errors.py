@@ -1,0 +1,84 @@
+"""The one error-code table of PingMe.
+
+Every surface uses these numbers: the HTTP envelope, WebSocket ``error`` frames, dead-letter records
+and log lines. Ranges: 0 success, 1xxxx general, 2xxxx infrastructure, 3xxxx accounts,
+4xxxx conversations, 5xxxx Kafka pipeline. Extend a range; never reuse a number.
+"""
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Code(IntEnum):
+    """An error code with its default message and HTTP status."""
+
+    def __new__(cls, value: int, message: str, http_status: int):
+        member = int.__new__(cls, value)
+        member._value_ = value
+        member.message = message
+        member.http_status = http_status
+        return member
+
+    SUCCESS = (0, "success", 200)
+
+    SERVER_ERROR = (10001, "server error", 500)
+    INVALID_PARAMS = (10002, "invalid parameters", 400)
+    UNAUTHORIZED = (10003, "unauthorized", 401)
+    FORBIDDEN = (10004, "forbidden", 403)
+    NOT_FOUND = (10005, "not found", 404)
+    CONFLICT = (10006, "conflict", 409)
+    TOO_MANY_REQUESTS = (10007, "too many requests", 429)
+    TIMEOUT = (10008, "the request timed out; try again", 504)
+
+    DATABASE_ERROR = (20001, "database error", 503)
+    CACHE_ERROR = (20002, "cache error", 503)
+    MESSAGE_PROCESSING_ERROR = (20003, "message processing error", 500)
+    WEBSOCKET_ERROR = (20004, "websocket error", 500)
+
+    USER_NOT_FOUND = (30001, "user not found", 404)
+    USER_EXISTS = (30002, "username already taken", 409)
+    INVALID_PASSWORD = (30003, "invalid username or password", 401)
+    TOKEN_EXPIRED = (30004, "token expired", 401)
+    INVALID_TOKEN = (30005, "invalid token", 401)
+
+    CONVERSATION_NOT_FOUND = (40001, "conversation not found", 404)
+    GROUP_NOT_FOUND = (40002, "group not found", 404)
+    NOT_GROUP_MEMBER = (40003, "not a member of this conversation", 403)
+
+    KAFKA_ERROR = (50001, "message pipeline error", 503)
+    UNMARSHAL_FAILED = (50002, "event could not be decoded", 400)
+    PERSIST_FAILED = (50003, "event could not be stored", 503)
+    DELIVERY_FAILED = (50004, "event could not be delivered", 503)
+    CONSUMER_GROUP_ERROR = (50005, "consumer group error", 503)
+    RETRY_EXHAUSTED = (50006, "retries exhausted; event sent to the dead-letter queue", 503)
+    DLQ_SEND_FAILED = (50007, "dead-letter hand-off failed", 503)
+    PRODUCER_ERROR = (50008, "message pipeline unavailable", 503)
+
+
+class AppError(Exception):
+    """A failure with a code from the table, safe to show to a client.
+
+    ``field`` names the offending input for 10002. The message must never contain a password,
+    a token or a message body: it reaches clients and logs.
+    """
+
+    def __init__(self, code: Code, message: str | None = None, *, field: str | None = None):
+        self.code = code
+        self.message = message or code.message
+        self.field = field
+        super().__init__(f"{int(code)} {self.message}")
+
+    def to_dict(self) -> dict:
+        body = {"code": int(self.code), "message": self.message}
+        if self.field:
+            body["field"] = self.field
+        return body
+
+    @classmethod
+    def from_dict(cls, body: dict) -> "AppError":
+        """Rebuild an error that crossed a process boundary (a function's reply)."""
+        try:
+            code = Code(int(body["code"]))
+        except (KeyError, TypeError, ValueError):
+            code = Code.SERVER_ERROR
+        return cls(code, body.get("message"), field=body.get("field"))

@@ -1,0 +1,149 @@
+"""Peewee models and the database binding.
+
+Models bind late through :data:`db` (a ``DatabaseProxy``); :func:`init_db` points it at SQLite (the
+embedded default of the local run) or a pooled MySQL/MariaDB database. Under gevent Peewee keeps one
+connection per greenlet: wrap each unit of work in ``db.connection_context()``.
+
+Times are integer milliseconds since the epoch (UTC), the same unit as Kafka timestamps.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import peewee as pw
+from playhouse.pool import PooledMySQLDatabase
+
+from common.config import REPO_ROOT, DbConfig
+
+db = pw.DatabaseProxy()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = db
+        legacy_table_names = False
+
+
+class User(BaseModel):
+    id = pw.BigAutoField()
+    username = pw.CharField(max_length=32, unique=True)
+    password_hash = pw.CharField(max_length=200)
+    email = pw.CharField(max_length=254, null=True)
+    nickname = pw.CharField(max_length=64, default="")
+    avatar = pw.CharField(max_length=512, default="")
+    # The gateway request that created the row: a redelivered register request is answered with
+    # success instead of "username taken" (idempotency of the register function).
+    register_request_id = pw.CharField(max_length=64, null=True, unique=True)
+    created_at = pw.BigIntegerField(default=now_ms)
+    updated_at = pw.BigIntegerField(default=now_ms)
+
+    def public(self) -> dict:
+        return {"id": self.id, "username": self.username, "email": self.email,
+                "nickname": self.nickname, "avatar": self.avatar, "created_at": self.created_at}
+
+
+class Conversation(BaseModel):
+    PRIVATE = "private"
+    GROUP = "group"
+
+    id = pw.BigAutoField()
+    type = pw.CharField(max_length=8)
+    name = pw.CharField(max_length=64, default="")
+    owner_id = pw.BigIntegerField(null=True)
+    # "<low user id>:<high user id>" for private chats, so a pair has exactly one conversation.
+    private_key = pw.CharField(max_length=48, null=True, unique=True)
+    last_seq = pw.BigIntegerField(default=0)
+    created_at = pw.BigIntegerField(default=now_ms)
+
+
+class ConversationMember(BaseModel):
+    """Membership plus the member's cursors: delivered and read seq only move forward."""
+
+    OWNER, ADMIN, MEMBER = "owner", "admin", "member"
+
+    id = pw.BigAutoField()
+    conversation_id = pw.BigIntegerField()
+    user_id = pw.BigIntegerField(index=True)
+    role = pw.CharField(max_length=8, default=MEMBER)
+    delivered_seq = pw.BigIntegerField(default=0)
+    read_seq = pw.BigIntegerField(default=0)
+    joined_at = pw.BigIntegerField(default=now_ms)
+
+    class Meta:
+        indexes = ((("conversation_id", "user_id"), True),)
+
+
+class Message(BaseModel):
+    id = pw.BigAutoField()
+    msg_id = pw.CharField(max_length=64, unique=True)  # client-generated idempotency key
+    conversation_id = pw.BigIntegerField()
+    seq = pw.BigIntegerField()
+    sender_id = pw.BigIntegerField()
+    content_type = pw.CharField(max_length=16, default="text")
+    content = pw.TextField()
+    created_at = pw.BigIntegerField(default=now_ms)
+
+    class Meta:
+        indexes = ((("conversation_id", "seq"), True),)
+
+
+class DeadLetter(BaseModel):
+    """An event the pipeline gave up on, kept with its raw bytes for inspection and replay."""
+
+    id = pw.BigAutoField()
+    # Where the dead letter itself sits in the DLQ topic: storing is idempotent on this.
+    dlq_topic = pw.CharField(max_length=200)
+    dlq_partition = pw.IntegerField()
+    dlq_offset = pw.BigIntegerField()
+    origin_topic = pw.CharField(max_length=200)
+    origin_partition = pw.IntegerField(null=True)
+    origin_offset = pw.BigIntegerField(null=True)
+    key = pw.BlobField(null=True)
+    value = pw.BlobField(null=True)
+    code = pw.IntegerField(index=True)
+    error = pw.TextField(default="")
+    attempts = pw.IntegerField(default=0)
+    first_failed_at = pw.BigIntegerField(null=True)
+    last_failed_at = pw.BigIntegerField(null=True)
+    created_at = pw.BigIntegerField(default=now_ms)
+    replayed_at = pw.BigIntegerField(null=True)
+
+    class Meta:
+        indexes = ((("dlq_topic", "dlq_partition", "dlq_offset"), True),)
+
+
+MODELS = (User, Conversation, ConversationMember, Message, DeadLetter)
+
+
+def make_database(cfg: DbConfig) -> pw.Database:
+    if cfg.engine == "sqlite":
+        path = Path(cfg.path)
+        if not path.is_absolute():
+            path = REPO_ROOT / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # WAL + busy timeout: the gateway and every function process share the file.
+        return pw.SqliteDatabase(str(path), pragmas={"journal_mode": "wal", "busy_timeout": 10000,
+                                                     "foreign_keys": 1})
+    return PooledMySQLDatabase(
+        cfg.name, host=cfg.host, port=cfg.port, user=cfg.username, password=cfg.password,
+        charset="utf8mb4", max_connections=cfg.max_connections, stale_timeout=300, timeout=10,
+        connect_timeout=5, init_command="SET sql_mode='STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION'")
+
+
+def init_db(cfg: DbConfig) -> pw.Database:
+    """Bind the models to the configured database and return it."""
+    database = make_database(cfg)
+    db.initialize(database)
+    return database
+
+
+def migrate() -> list[str]:
+    """Create missing tables and indexes (safe to run again); return the table names."""
+    with db.connection_context():
+        db.create_tables(MODELS, safe=True)
+    return [m._meta.table_name for m in MODELS]

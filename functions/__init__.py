@@ -1,0 +1,7 @@
+"""Serverless-style worker functions, one module per function, named after its input topic.
+
+``python -m functions NAME`` runs one of :data:`FUNCTIONS` as a Kafka consumer-group worker (see
+functions/runtime.py); ``python -m functions all`` runs every one, each in its own process.
+"""
+
+FUNCTIONS = ("register", "login", "retry", "dlq")

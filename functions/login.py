@@ -1,0 +1,16 @@
+"""login — check a password and issue a JWT.
+
+Input: topic ``<ns>.login``, a request envelope (common/rpc.py) whose body is ``{username, password}``.
+Output: a reply on the requester's Redis channel: ``{token, expires_in, user}``, or 30003 for an
+unknown user and a wrong password alike (no account enumeration), 10002 for a bad field.
+Idempotency: none needed; logging in twice issues two valid tokens and changes nothing stored.
+Scale: the password hash is the cost (auth.password_iterations); run more login workers for it.
+"""
+from common import accounts
+from functions import rpc
+
+REDACT = ("body",)
+
+
+def handle(event, ctx):
+    return rpc.serve(event, ctx, lambda body: accounts.login(accounts.validate_login(body), ctx.config))

@@ -1,0 +1,360 @@
+"""The function runtime: consume → decode → ``handle(event, ctx)`` → produce → flush → commit.
+
+A function is a module with ``handle(event, ctx)`` that returns the outputs to emit (:class:`Emit`
+for Kafka, :class:`Publish` for a gateway's Redis channel). It never touches a consumer, a producer
+or an offset; this module owns all of that.
+
+Contract:
+
+* **At-least-once.** An input offset is committed only after every output of its batch is produced,
+  flushed and acknowledged (and every Redis publish is done). Any crash means redelivery, never
+  loss, so handlers must be idempotent.
+* **Typed failures.** :class:`Invalid` (can never succeed; also any undecodable record, 50002) goes
+  to the DLQ topic at once. :class:`Transient`, and any other exception (a bug: logged with the
+  event's coordinates, never its body), goes to the retry topic with its attempt count, due time and
+  origin topic; when the retries are exhausted it goes to the DLQ with 50006. A poison event never
+  blocks its partition.
+* **Blocking failures.** When outputs cannot be produced (50008), the DLQ hand-off fails (50007), or
+  a function that declares ``ROUTE_FAILURES = False`` (retry, dlq) fails, nothing is committed: the
+  batch is rewound and tried again with backoff.
+* **SIGTERM drains**: stop polling, finish the batch, flush, commit, exit 0.
+
+Optional module attributes of a function: ``RAW = True`` (the event's ``value`` stays undecoded
+bytes), ``ROUTE_FAILURES = False`` (see above), ``REDACT = ("password",)`` (fields blanked before an
+event is handed to the DLQ), ``MAX_RECORDS`` (poll batch size).
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Callable, Union
+
+import peewee as pw
+import redis
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from common import bus
+from common.config import Config
+from common.errors import Code
+from common.models import db, now_ms
+from functions.policy import RetryPolicy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One input record as a handler sees it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: Any                  # decoded JSON object, or the raw bytes for RAW functions
+    raw: bytes | None
+    headers: dict[str, str]
+    timestamp_ms: int
+
+    @property
+    def attempt(self) -> int:
+        """How many retries this event has had so far (0 on its first run)."""
+        return int(self.headers.get(bus.H_ATTEMPT, "0") or 0)
+
+
+@dataclass(frozen=True)
+class Emit:
+    """Produce ``value`` (a JSON-able object, or bytes as they are) to the Kafka topic ``topic``."""
+
+    topic: str
+    value: Any
+    key: str | bytes | None = None
+    headers: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Publish ``value`` to a gateway's Redis channel."""
+
+    channel: str
+    value: Any
+
+
+Output = Union[Emit, Publish]
+
+
+class Invalid(Exception):
+    """The event can never succeed (bad shape, unknown kind): send it to the DLQ now."""
+
+    def __init__(self, code: Code, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class Transient(Exception):
+    """A temporary failure (a server down, a timeout): retry the event later."""
+
+    def __init__(self, code: Code, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class OutputFailure(Exception):
+    """Outputs of a batch could not be handed over; the batch must not be committed."""
+
+    def __init__(self, code: Code, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class Context:
+    """What a handler may use besides the event: config, Redis, the clock, the stop signal."""
+
+    def __init__(self, config: Config, redis_client=None, clock: Callable[[], int] = now_ms,
+                 stop: threading.Event | None = None):
+        self.config = config
+        self.redis = redis_client
+        self.now_ms = clock
+        self.stop = stop or threading.Event()
+
+    def topic(self, name: str) -> str:
+        return self.config.topic(name)
+
+    def sleep(self, seconds: float) -> bool:
+        """Wait up to ``seconds``; False when a shutdown cut the wait short."""
+        return not self.stop.wait(max(0.0, seconds))
+
+
+def _error_text(exc: BaseException) -> str:
+    # Type and a bounded message: enough to diagnose, never an event body.
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def dead_letter(record_topic: str, partition: int | None, offset: int | None, key, raw: bytes | None,
+                headers: dict[str, str], code: Code, error: str, now: int, cfg: Config) -> Emit:
+    """The DLQ output for a record, keeping its bytes and its failure history in headers."""
+    meta = dict(headers)
+    meta.update({
+        bus.H_ORIGIN_TOPIC: headers.get(bus.H_ORIGIN_TOPIC) or record_topic,
+        bus.H_ORIGIN_PARTITION: "" if partition is None else partition,
+        bus.H_ORIGIN_OFFSET: "" if offset is None else offset,
+        bus.H_ERROR_CODE: int(code),
+        bus.H_ERROR: error,
+        bus.H_FIRST_FAILED_MS: headers.get(bus.H_FIRST_FAILED_MS) or now,
+    })
+    return Emit(cfg.topic("dlq"), raw if raw is not None else b"", key, meta)
+
+
+def route_failure(event: Event, code: Code, error: str, permanent: bool, policy: RetryPolicy,
+                  cfg: Config, now: int, redact_fields: tuple[str, ...] = ()) -> Emit | None:
+    """Where a failed event goes: the retry topic while retries remain, else the DLQ (or nowhere,
+    when the DLQ is disabled) with ``redact_fields`` blanked. Pure: all inputs are passed in."""
+    if not permanent:
+        due = policy.due_ms(event.attempt, now)
+        if due is not None:
+            headers = dict(event.headers)
+            headers.update({
+                bus.H_ORIGIN_TOPIC: event.topic,
+                bus.H_ATTEMPT: event.attempt + 1,
+                bus.H_DUE_MS: due,
+                bus.H_ERROR_CODE: int(code),
+                bus.H_ERROR: error,
+                bus.H_FIRST_FAILED_MS: event.headers.get(bus.H_FIRST_FAILED_MS) or now,
+            })
+            return Emit(cfg.topic("retry"), event.raw or b"", event.key, headers)
+        code, error = Code.RETRY_EXHAUSTED, f"{int(code)} {error}"
+    if not cfg.kafka.enable_dlq:
+        return None
+    return dead_letter(event.topic, event.partition, event.offset, event.key,
+                       redact(event.raw, redact_fields), event.headers, code, error, now, cfg)
+
+
+def redact(raw: bytes | None, fields: tuple[str, ...]) -> bytes | None:
+    """Blank sensitive fields of a JSON event before it is kept in the DLQ."""
+    if not fields or raw is None:
+        return raw
+    try:
+        value = bus.decode(raw)
+    except ValueError:
+        return raw
+    for name in fields:
+        if name in value:
+            value[name] = "[redacted]"
+    return bus.encode(value)
+
+
+class Worker:
+    """Runs one function as a member of its consumer group."""
+
+    def __init__(self, name: str, module: ModuleType, config: Config, consumer, producer,
+                 redis_client, stop: threading.Event | None = None):
+        self.name = name
+        self.module = module
+        self.config = config
+        self.consumer = consumer
+        self.producer = producer
+        self.redis = redis_client
+        self.stop = stop or threading.Event()
+        self.ctx = Context(config, redis_client, stop=self.stop)
+        self.policy = RetryPolicy.from_config(config.kafka)
+        self.raw_events = getattr(module, "RAW", False)
+        self.route_failures = getattr(module, "ROUTE_FAILURES", True)
+        self.redact_fields = tuple(getattr(module, "REDACT", ()))
+        self.max_records = getattr(module, "MAX_RECORDS", 200)
+        # One pooled connection per event; the pool pings it, so a restarted database heals.
+        self.db_scope = db.connection_context if getattr(module, "USES_DB", True) else nullcontext
+        self._blocked = 0  # consecutive batches that could not be committed
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> None:
+        self.consumer.subscribe([self.config.topic(self.name)])
+        logger.info("function %s consuming %s as group %s", self.name,
+                    self.config.topic(self.name), self.config.group(self.name))
+        while not self.stop.is_set():
+            self.run_once()
+        logger.info("function %s stopped", self.name)
+
+    def run_once(self, timeout_ms: int = 200) -> int:
+        """Poll one batch and process it; return how many records were committed."""
+        batch = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.max_records)
+        if not batch:
+            return 0
+        try:
+            outputs: list[Output] = []
+            for records in batch.values():
+                for record in records:
+                    outputs.extend(self.process(record))
+            self.emit(outputs)
+        except (OutputFailure, Transient) as exc:
+            self._rewind(batch, exc.code, _error_text(exc))
+            return 0
+        offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)
+                   for tp, records in batch.items()}
+        try:
+            self.consumer.commit(offsets)
+        except KafkaError as exc:
+            # Typically a rebalance: the new owner re-runs these records; handlers are idempotent.
+            logger.warning("function %s commit failed code=%d: %s", self.name,
+                           Code.CONSUMER_GROUP_ERROR, _error_text(exc))
+            return 0
+        self._blocked = 0
+        return sum(len(records) for records in batch.values())
+
+    # -- one record -------------------------------------------------------------------------
+    def process(self, record) -> list[Output]:
+        headers = bus.headers_to_dict(record.headers)
+        if self.raw_events:
+            value = record.value
+        else:
+            try:
+                value = bus.decode(record.value)
+            except ValueError as exc:
+                logger.warning("function %s undecodable record %s/%d@%d code=%d: %s", self.name,
+                               record.topic, record.partition, record.offset,
+                               Code.UNMARSHAL_FAILED, exc)
+                if not self.config.kafka.enable_dlq:
+                    return []
+                return [dead_letter(record.topic, record.partition, record.offset, record.key,
+                                    record.value, headers, Code.UNMARSHAL_FAILED,
+                                    _error_text(exc), now_ms(), self.config)]
+        event = Event(record.topic, record.partition, record.offset, record.key, value,
+                      record.value, headers, record.timestamp)
+        try:
+            with self.db_scope():
+                return list(self.module.handle(event, self.ctx) or ())
+        except Invalid as exc:
+            code, error, permanent = exc.code, str(exc), True
+        except Transient as exc:
+            code, error, permanent = exc.code, _error_text(exc), False
+        except (pw.OperationalError, pw.InterfaceError) as exc:
+            code, error, permanent = Code.DATABASE_ERROR, _error_text(exc), False
+        except redis.ConnectionError as exc:
+            code, error, permanent = Code.CACHE_ERROR, _error_text(exc), False
+        except Exception as exc:  # a bug or an unclassified server error: retry it, loudly
+            logger.exception("function %s failed on %s/%d@%d", self.name, record.topic,
+                             record.partition, record.offset)
+            code, error, permanent = Code.MESSAGE_PROCESSING_ERROR, _error_text(exc), False
+        if not permanent and not self.route_failures:
+            raise Transient(code, error)
+        logger.warning("function %s event %s/%d@%d attempt=%d code=%d: %s", self.name,
+                       record.topic, record.partition, record.offset, event.attempt, code, error)
+        routed = route_failure(event, code, error, permanent, self.policy, self.config, now_ms(),
+                               self.redact_fields)
+        if routed is None:
+            logger.error("function %s dropped %s/%d@%d code=%d (DLQ disabled)", self.name,
+                         record.topic, record.partition, record.offset, Code.RETRY_EXHAUSTED)
+            return []
+        return [routed]
+
+    # -- outputs ----------------------------------------------------------------------------
+    def emit(self, outputs: list[Output]) -> None:
+        """Hand every output over, Kafka first (flushed and acknowledged), then Redis."""
+        dlq_topic = self.config.topic("dlq")
+        sent = []
+        try:
+            for out in outputs:
+                if isinstance(out, Emit):
+                    value = out.value if isinstance(out.value, (bytes, bytearray)) else bus.encode(out.value)
+                    key = out.key.encode() if isinstance(out.key, str) else out.key
+                    future = self.producer.send(out.topic, value=value, key=key,
+                                                headers=bus.dict_to_headers(out.headers))
+                    sent.append((out.topic, future))
+            if sent:
+                self.producer.flush(timeout=30)
+        except KafkaError as exc:
+            raise OutputFailure(Code.PRODUCER_ERROR, _error_text(exc)) from exc
+        for topic, future in sent:
+            if not future.is_done or future.failed():
+                code = Code.DLQ_SEND_FAILED if topic == dlq_topic else Code.PRODUCER_ERROR
+                raise OutputFailure(code, f"producing to {topic} failed: {future.exception}")
+        publishes = [out for out in outputs if isinstance(out, Publish)]
+        if publishes:
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                for out in publishes:
+                    pipe.publish(out.channel, bus.encode(out.value))
+                pipe.execute()
+            except Exception as exc:  # redis.RedisError and socket errors alike
+                raise OutputFailure(Code.CACHE_ERROR, _error_text(exc)) from exc
+
+    def _rewind(self, batch, code: Code, error: str) -> None:
+        """Seek back to the batch's first records and wait before trying it again."""
+        for tp, records in batch.items():
+            self.consumer.seek(tp, records[0].offset)
+        self._blocked += 1
+        delay_ms = self.policy.delay_ms(min(self._blocked, 30)) if self.policy.max_attempts else 1000
+        logger.error("function %s could not finish a batch code=%d (try %d, again in %d ms): %s",
+                     self.name, code, self._blocked, delay_ms, error)
+        self.stop.wait(delay_ms / 1000)
+
+    def close(self) -> None:
+        try:
+            self.producer.flush(timeout=10)
+        finally:
+            self.consumer.close(autocommit=False)
+            self.producer.close(timeout=10)
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    def on_signal(signum, _frame):
+        logger.info("signal %d: draining", signum)
+        stop.set()
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def serve(name: str, module: ModuleType, config: Config) -> None:
+    """Run one function until SIGTERM/SIGINT; the process entry point uses this."""
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    bus.ensure_topics(config)
+    worker = Worker(name, module, config, bus.make_consumer(config, name), bus.make_producer(config),
+                    bus.make_redis(config), stop)
+    try:
+        worker.run()
+    finally:
+        worker.close()

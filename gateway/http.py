@@ -1,0 +1,138 @@
+"""HTTP API of the gateway: health, version, auth and profile.
+
+Every response uses the envelope ``{"code", "message", "data"}``; errors carry the code from
+common/errors.py with its HTTP status (and ``field`` for 10002).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import platform
+import subprocess
+
+import peewee as pw
+import redis
+from flask import Blueprint, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from common import __version__, accounts, auth
+from common.config import REPO_ROOT
+from common.errors import AppError, Code
+from common.models import db
+from gateway.app import envelope, error_response
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("http", __name__)
+
+
+def _gateway():
+    return current_app.extensions["pingme"]
+
+
+def _json_body() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise AppError(Code.INVALID_PARAMS, "the body must be a JSON object")
+    return body
+
+
+def require_user(view):
+    """Resolve ``Authorization: Bearer <token>`` to ``g.user_id`` or answer 401 (30004/30005)."""
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AppError(Code.INVALID_TOKEN, "missing bearer token")
+        g.user_id = auth.verify_token(token.strip(), current_app.config["PINGME"].jwt)
+        return view(*args, **kwargs)
+    return wrapper
+
+
+@bp.get("/health")
+def health():
+    checks = _gateway().health()
+    ok = all(check["ok"] for check in checks.values())
+    data = {"status": "ok" if ok else "degraded", "checks": checks,
+            "gateway_id": current_app.config["PINGME"].app.gateway_id}
+    if ok:
+        return envelope(data)
+    code = {"db": Code.DATABASE_ERROR, "redis": Code.CACHE_ERROR, "kafka": Code.KAFKA_ERROR}[
+        next(name for name, check in checks.items() if not check["ok"])]
+    return jsonify({"code": int(code), "message": code.message, "data": data}), 503
+
+
+@functools.lru_cache(maxsize=1)
+def _build_info() -> dict:
+    commit = os.environ.get("BUILD_COMMIT")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
+                                    capture_output=True, text=True, timeout=2).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            commit = ""
+    return {"commit": commit or "unknown", "built_at": os.environ.get("BUILD_TIME", "unknown"),
+            "python": platform.python_version()}
+
+
+@bp.get("/version")
+def version():
+    return envelope({"name": "pingme", "version": __version__, "build": _build_info()})
+
+
+@bp.post("/api/v1/auth/register")
+def register():
+    accounts.validate_registration(_json_body())  # answer bad input at once, without the pipeline
+    user = _gateway().call("register", _json_body())
+    return envelope(user, status=201)
+
+
+@bp.post("/api/v1/auth/login")
+def login():
+    accounts.validate_login(_json_body())
+    return envelope(_gateway().call("login", _json_body()))
+
+
+@bp.get("/api/v1/user/profile")
+@require_user
+def get_profile():
+    with db.connection_context():
+        return envelope(accounts.profile(g.user_id).public())
+
+
+@bp.put("/api/v1/user/profile")
+@require_user
+def put_profile():
+    changes = accounts.validate_profile_update(_json_body())
+    with db.connection_context():
+        return envelope(accounts.update_profile(g.user_id, changes).public())
+
+
+def register_error_handlers(app) -> None:
+    @app.errorhandler(AppError)
+    def on_app_error(exc: AppError):
+        return error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    def on_http_error(exc: HTTPException):
+        code = {404: Code.NOT_FOUND, 405: Code.INVALID_PARAMS, 413: Code.INVALID_PARAMS,
+                429: Code.TOO_MANY_REQUESTS}.get(exc.code or 500, Code.SERVER_ERROR)
+        return jsonify({"code": int(code), "message": exc.description or code.message}), exc.code
+
+    @app.errorhandler(pw.OperationalError)
+    @app.errorhandler(pw.InterfaceError)
+    def on_db_error(exc):
+        logger.error("database unavailable on %s %s code=%d: %s", request.method, request.path,
+                     Code.DATABASE_ERROR, type(exc).__name__)
+        return error_response(AppError(Code.DATABASE_ERROR))
+
+    @app.errorhandler(redis.ConnectionError)
+    def on_cache_error(exc):
+        logger.error("redis unavailable on %s %s code=%d", request.method, request.path,
+                     Code.CACHE_ERROR)
+        return error_response(AppError(Code.CACHE_ERROR))
+
+    @app.errorhandler(Exception)
+    def on_error(exc: Exception):
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return jsonify({"code": int(Code.SERVER_ERROR), "message": Code.SERVER_ERROR.message}), 500

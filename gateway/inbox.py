@@ -1,0 +1,84 @@
+"""The gateway's inbox: one Redis channel per gateway process, read by one background loop.
+
+Functions answer requests (and, later, push frames) by publishing to this gateway's channel.
+:meth:`Inbox.expect` registers a waiter before the request is produced, so a reply can never arrive
+before someone waits for it. Under gunicorn's gevent worker the thread is a greenlet.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+
+import redis
+
+logger = logging.getLogger(__name__)
+
+
+class Inbox:
+    def __init__(self, redis_client: redis.Redis, channel: str):
+        self.redis = redis_client
+        self.channel = channel
+        self._waiters: dict[str, queue.Queue] = {}
+        self._subscribed = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="inbox", daemon=True)
+
+    def start(self, wait: float = 5.0) -> bool:
+        """Start listening; True once the subscription is confirmed within ``wait`` seconds."""
+        self._thread.start()
+        return self._subscribed.wait(wait)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def connected(self) -> bool:
+        return self._subscribed.is_set()
+
+    def expect(self, request_id: str) -> queue.Queue:
+        waiter: queue.Queue = queue.Queue(maxsize=1)
+        self._waiters[request_id] = waiter
+        return waiter
+
+    def forget(self, request_id: str) -> None:
+        self._waiters.pop(request_id, None)
+
+    def dispatch(self, message: dict) -> None:
+        if message.get("type") == "reply":
+            waiter = self._waiters.pop(message.get("request_id"), None)
+            if waiter is not None:
+                waiter.put_nowait(message)
+            return
+        logger.warning("inbox %s: unknown message type %r ignored", self.channel, message.get("type"))
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self.channel)
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if not self._subscribed.is_set() and pubsub.subscribed:
+                        self._subscribed.set()
+                        backoff = 0.1
+                    if message is None:
+                        continue
+                    try:
+                        self.dispatch(json.loads(message["data"]))
+                    except (ValueError, TypeError):
+                        logger.warning("inbox %s: undecodable message dropped", self.channel)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                self._subscribed.clear()
+                logger.warning("inbox %s: redis unavailable (%s); resubscribing in %.1fs",
+                               self.channel, exc, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                try:
+                    pubsub.close()
+                except Exception:  # closing a broken connection may fail; nothing to do
+                    pass

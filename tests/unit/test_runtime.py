@@ -1,0 +1,196 @@
+"""The runtime's decisions, driven with in-memory stand-ins for the Kafka clients.
+
+The same paths run against a real broker in tests/integration/test_runtime_kafka.py."""
+import threading
+import types
+from collections import namedtuple
+
+import pytest
+from kafka.structs import TopicPartition
+
+from common import bus
+from common.config import load
+from common.errors import Code
+from functions.policy import RetryPolicy
+from functions.runtime import Emit, Event, Invalid, Publish, Transient, Worker, redact, route_failure
+
+Record = namedtuple("Record", "topic partition offset key value headers timestamp")
+CFG = load({"APP_CONF": "/dev/null", "PINGME_NAMESPACE": "t"})
+
+
+def test_backoff_schedule_grows_and_caps():
+    policy = RetryPolicy(max_attempts=6, initial_backoff_ms=100, multiplier=2.0, max_backoff_ms=1000)
+    assert policy.schedule() == [100, 200, 400, 800, 1000, 1000]
+    assert policy.due_ms(0, now_ms=5000) == 5100
+    assert policy.due_ms(5, now_ms=5000) == 6000
+    assert policy.due_ms(6, now_ms=5000) is None
+    with pytest.raises(ValueError):
+        policy.delay_ms(0)
+
+
+def _event(value=b'{"a":1}', attempt=0, headers=None):
+    h = dict(headers or {})
+    if attempt:
+        h[bus.H_ATTEMPT] = str(attempt)
+    return Event("t.send", 3, 17, b"k", None, value, h, 0)
+
+
+def test_transient_failure_goes_to_retry_with_its_history():
+    out = route_failure(_event(), Code.DATABASE_ERROR, "db down", False, RetryPolicy(), CFG, now=1000)
+    assert out.topic == "t.retry" and out.value == b'{"a":1}' and out.key == b"k"
+    assert out.headers[bus.H_ORIGIN_TOPIC] == "t.send"
+    assert out.headers[bus.H_ATTEMPT] == 1
+    assert out.headers[bus.H_DUE_MS] == 1100
+    assert out.headers[bus.H_ERROR_CODE] == 20001
+    assert out.headers[bus.H_FIRST_FAILED_MS] == 1000
+
+
+def test_last_retry_goes_to_dlq_as_exhausted_with_redaction():
+    event = _event(value=b'{"body":{"password":"pw"},"x":1}', attempt=3,
+                   headers={bus.H_FIRST_FAILED_MS: "900", bus.H_ORIGIN_TOPIC: "t.send"})
+    out = route_failure(event, Code.DATABASE_ERROR, "db down", False, RetryPolicy(), CFG, now=5000,
+                        redact_fields=("body",))
+    assert out.topic == "t.dlq"
+    assert out.headers[bus.H_ERROR_CODE] == int(Code.RETRY_EXHAUSTED)
+    assert out.headers[bus.H_FIRST_FAILED_MS] == "900"
+    assert out.headers[bus.H_ORIGIN_PARTITION] == 3 and out.headers[bus.H_ORIGIN_OFFSET] == 17
+    assert b"pw" not in out.value and bus.decode(out.value)["x"] == 1
+
+
+def test_permanent_failure_skips_retries_and_dlq_can_be_disabled():
+    out = route_failure(_event(), Code.UNMARSHAL_FAILED, "bad", True, RetryPolicy(), CFG, now=1)
+    assert out.topic == "t.dlq" and out.headers[bus.H_ERROR_CODE] == 50002
+    no_dlq = load({"APP_CONF": "/dev/null", "ENABLE_DLQ": "false"})
+    assert route_failure(_event(), Code.UNMARSHAL_FAILED, "bad", True, RetryPolicy(), no_dlq, now=1) is None
+
+
+def test_redact_leaves_undecodable_bytes_alone():
+    assert redact(b"\xff\x00", ("body",)) == b"\xff\x00"
+    assert redact(b'{"a":1}', ()) == b'{"a":1}'
+
+
+class FakeConsumer:
+    def __init__(self, batches):
+        self.batches = list(batches)
+        self.committed, self.seeks = [], []
+
+    def poll(self, timeout_ms, max_records):
+        return self.batches.pop(0) if self.batches else {}
+
+    def commit(self, offsets):
+        self.committed.append({tp: meta.offset for tp, meta in offsets.items()})
+
+    def seek(self, tp, offset):
+        self.seeks.append((tp, offset))
+
+
+class FakeFuture:
+    def __init__(self, ok=True):
+        self.is_done, self._ok, self.exception = True, ok, None if ok else RuntimeError("down")
+
+    def failed(self):
+        return not self._ok
+
+
+class FakeProducer:
+    def __init__(self, fail_topics=()):
+        self.sent, self.fail_topics = [], set(fail_topics)
+
+    def send(self, topic, value, key, headers):
+        self.sent.append((topic, value, key, dict(headers)))
+        return FakeFuture(topic not in self.fail_topics)
+
+    def flush(self, timeout):
+        pass
+
+
+class FakeRedis:
+    def __init__(self):
+        self.published = []
+
+    def pipeline(self, transaction):
+        return self
+
+    def publish(self, channel, value):
+        self.published.append((channel, value))
+
+    def execute(self):
+        pass
+
+
+def _worker(handle, batches, producer=None, **attrs):
+    module = types.SimpleNamespace(handle=handle, USES_DB=False, **attrs)
+    stop = threading.Event()
+    stop.set()  # makes the rewind wait return at once
+    worker = Worker("send", module, CFG, FakeConsumer(batches), producer or FakeProducer(), FakeRedis(), stop)
+    return worker
+
+
+TP = TopicPartition("t.send", 0)
+
+
+def _rec(offset, value):
+    return Record("t.send", 0, offset, b"k", value, [], 0)
+
+
+def test_poison_record_goes_to_dlq_and_the_good_ones_behind_it_are_processed():
+    seen = []
+
+    def handle(event, ctx):
+        seen.append(event.value["n"])
+        return [Emit("t.deliver", {"n": event.value["n"]}), Publish("t:gw:g1", {"n": event.value["n"]})]
+
+    worker = _worker(handle, [{TP: [_rec(0, b'{"n":0}'), _rec(1, b"\xffnot json"), _rec(2, b'{"n":2}')]}])
+    assert worker.run_once() == 3
+    assert seen == [0, 2]
+    topics = [sent[0] for sent in worker.producer.sent]
+    assert topics == ["t.deliver", "t.dlq", "t.deliver"]
+    dlq = worker.producer.sent[1]
+    assert dlq[1] == b"\xffnot json" and dlq[3][bus.H_ERROR_CODE] == b"50002"
+    assert len(worker.redis.published) == 2
+    assert worker.consumer.committed == [{TP: 3}]
+
+
+def test_handler_errors_are_routed_by_type():
+    def handle(event, ctx):
+        kind = event.value["kind"]
+        if kind == "invalid":
+            raise Invalid(Code.UNMARSHAL_FAILED, "no recipient")
+        if kind == "transient":
+            raise Transient(Code.PERSIST_FAILED, "db down")
+        raise KeyError("bug")
+
+    batch = {TP: [_rec(0, b'{"kind":"invalid"}'), _rec(1, b'{"kind":"transient"}'), _rec(2, b'{"kind":"bug"}')]}
+    worker = _worker(handle, [batch])
+    assert worker.run_once() == 3
+    routed = [(topic, headers[bus.H_ERROR_CODE]) for topic, _, _, headers in worker.producer.sent]
+    assert routed == [("t.dlq", b"50002"), ("t.retry", b"50003"), ("t.retry", b"20003")]
+
+
+def test_failed_dlq_handoff_is_never_committed_past():
+    worker = _worker(lambda e, c: [], [{TP: [_rec(5, b"garbage"), _rec(6, b'{"ok":1}')]}],
+                     producer=FakeProducer(fail_topics={"t.dlq"}))
+    assert worker.run_once() == 0
+    assert worker.consumer.committed == []
+    assert worker.consumer.seeks == [(TP, 5)]
+
+
+def test_non_routing_function_blocks_instead_of_retrying():
+    def handle(event, ctx):
+        raise Transient(Code.DATABASE_ERROR, "db down")
+
+    worker = _worker(handle, [{TP: [_rec(0, b'{"a":1}')]}], ROUTE_FAILURES=False)
+    assert worker.run_once() == 0
+    assert worker.producer.sent == [] and worker.consumer.committed == []
+    assert worker.consumer.seeks == [(TP, 0)]
+
+
+def test_redis_failure_blocks_the_batch():
+    class DownRedis(FakeRedis):
+        def execute(self):
+            raise ConnectionError("redis down")
+
+    worker = _worker(lambda e, c: [Publish("t:gw:1", {"x": 1})], [{TP: [_rec(0, b'{"a":1}')]}])
+    worker.redis = DownRedis()
+    assert worker.run_once() == 0
+    assert worker.consumer.committed == [] and worker.consumer.seeks == [(TP, 0)]
