@@ -316,7 +316,12 @@ def _check(config: Config) -> None:
 def markdown_table() -> str:
     rows = ["| Key (YAML) | Environment | Default | Meaning |", "|---|---|---|---|"]
     for s in SETTINGS:
-        default = "(the dev placeholder)" if s.key == "jwt.secret" else f"`{s.default}`"
+        if s.key == "jwt.secret":
+            default = "(dev placeholder)"
+        elif s.default == "":
+            default = "(empty)"
+        else:
+            default = f"`{str(s.default).lower() if isinstance(s.default, bool) else s.default}`"
         rows.append(f"| `{s.key}` | `{s.env}` | {default} | {s.doc} |")
     return "\n".join(rows)
 

@@ -7,25 +7,27 @@ import logging
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from common import config as config_mod, logs
 from common.models import init_db
-from functions import FUNCTIONS
+from functions import FUNCTIONS, runtime
 
 logger = logging.getLogger("functions")
 
 
 def run_one(name: str) -> int:
     logs.setup(f"fn-{name}")
+    stop = threading.Event()
+    runtime.install_signal_handlers(stop)  # first: a SIGTERM during start-up still drains cleanly
     try:
         cfg = config_mod.load()
     except config_mod.ConfigError as exc:
         logger.error("config error: %s", exc)
         return 2
-    from functions.runtime import serve  # after logging, so import-time logs are formatted
     init_db(cfg.db)
-    serve(name, importlib.import_module(f"functions.{name}"), cfg)
+    runtime.serve(name, importlib.import_module(f"functions.{name}"), cfg, stop)
     return 0
 
 

@@ -347,10 +347,8 @@ def install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, on_signal)
 
 
-def serve(name: str, module: ModuleType, config: Config) -> None:
-    """Run one function until SIGTERM/SIGINT; the process entry point uses this."""
-    stop = threading.Event()
-    install_signal_handlers(stop)
+def serve(name: str, module: ModuleType, config: Config, stop: threading.Event) -> None:
+    """Run one function until ``stop`` is set (by SIGTERM/SIGINT in the process entry point)."""
     bus.ensure_topics(config)
     worker = Worker(name, module, config, bus.make_consumer(config, name), bus.make_producer(config),
                     bus.make_redis(config), stop)

@@ -42,7 +42,9 @@ class Gateway:
         inbox = Inbox(redis_client, bus.gateway_channel(cfg, cfg.app.gateway_id))
         if not inbox.start():
             logger.warning("inbox not subscribed yet; replies wait for Redis")
-        return cls(cfg, bus.make_producer(cfg), redis_client, inbox)
+        # A request never waits on Kafka metadata longer than it would wait for its reply.
+        producer = bus.make_producer(cfg, max_block_ms=cfg.kafka.request_timeout_ms)
+        return cls(cfg, producer, redis_client, inbox)
 
     def call(self, function: str, body: dict):
         """Ask a function and wait for its answer; raise its AppError, 50008 or 10008."""

@@ -1,0 +1,206 @@
+"""Integration fixtures: the real servers of deploy/local/services.sh, functions as separate
+processes, and the gateway under gunicorn's gevent worker.
+
+Each test session gets its own namespace (Kafka topics, consumer groups, Redis keys) and a freshly
+migrated ``pingme_test`` database, so runs never see each other's data.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from common import bus, config as config_mod
+from common.models import MODELS, db, init_db, migrate
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICES = REPO / "deploy" / "local" / "services.sh"
+LOGS = REPO / ".state" / "test-logs"
+
+pytestmark = pytest.mark.integration
+
+
+def _services_env() -> dict[str, str]:
+    out = subprocess.run(["bash", str(SERVICES), "env"], capture_output=True, text=True, check=True)
+    env = {}
+    for line in out.stdout.splitlines():
+        line = line.strip().removeprefix("export ")
+        if "=" in line:
+            key, value = line.split("=", 1)
+            env[key] = value.strip("'\"")
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def base_env() -> dict[str, str]:
+    """Environment for every process of this session: real servers, private namespace."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("APP_", "DB_", "REDIS_", "KAFKA_", "RETRY_", "JWT_", "PINGME_"))}
+    env.update(_services_env())
+    env.update({
+        "APP_CONF": os.devnull,
+        "APP_ENV": "test",
+        "DB_ENGINE": "mysql",
+        "DB_NAME": "pingme_test",
+        "PINGME_NAMESPACE": f"t{uuid.uuid4().hex[:8]}",
+        "PASSWORD_ITERATIONS": "1000",
+        "KAFKA_PARTITIONS": "2",
+        "JWT_SECRET": "integration-test-secret-" + uuid.uuid4().hex,
+        "LOG_LEVEL": "INFO",
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+@pytest.fixture(scope="session")
+def cfg(base_env):
+    cfg = config_mod.load(base_env)
+    for attempt in range(30):
+        try:
+            init_db(cfg.db)
+            with db.connection_context():
+                db.drop_tables(MODELS, safe=True)
+            migrate()
+            bus.ensure_topics(cfg)
+            break
+        except Exception:
+            if attempt == 29:
+                pytest.fail("the real servers are not reachable: run `make services` "
+                            "(deploy/local/services.sh start) first")
+            time.sleep(1)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def redis_client(cfg):
+    client = bus.make_redis(cfg)
+    yield client
+    client.close()
+
+
+class Proc:
+    """A child process of the test, with its log kept under .state/test-logs."""
+
+    def __init__(self, args: list[str], env: dict[str, str], name: str):
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.log_path = LOGS / f"{name}-{int(time.time() * 1000)}.log"
+        self._log = open(self.log_path, "wb")
+        self.popen = subprocess.Popen(args, cwd=REPO, env=env, stdout=self._log,
+                                      stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signum)
+
+    def stop(self, timeout: float = 20) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait()
+        finally:
+            self._log.close()
+
+
+@pytest.fixture(scope="session")
+def start_function(base_env, cfg):
+    """Start ``python -m functions NAME`` with optional env overrides; stopped at session end."""
+    procs: list[Proc] = []
+
+    def start(name: str, **env) -> Proc:
+        proc = Proc([sys.executable, "-m", "functions", name], {**base_env, **env}, f"fn-{name}")
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
+class Api:
+    """A tiny JSON client for the gateway (urllib: no extra package)."""
+
+    def __init__(self, base: str):
+        self.base = base
+
+    def call(self, method: str, path: str, body=None, token: str | None = None, raw: bytes | None = None):
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+
+@pytest.fixture(scope="session")
+def start_gateway(base_env, cfg):
+    """Start the gateway under gunicorn (gevent worker) and wait until it answers /health."""
+    procs: list[Proc] = []
+
+    def start(**env) -> Api:
+        port = free_port()
+        proc = Proc([sys.executable, "-m", "gunicorn", "-c", "gateway/gunicorn.conf.py",
+                     "gateway.wsgi:app"],
+                    {**base_env, "APP_HOST": "127.0.0.1", "APP_PORT": str(port), **env}, "gateway")
+        procs.append(proc)
+        api = Api(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if proc.popen.poll() is not None:
+                pytest.fail(f"gateway exited:\n{proc.log()[-3000:]}")
+            try:
+                status, _ = api.call("GET", "/health")
+                if status == 200:
+                    api.proc = proc
+                    return api
+            except OSError:
+                pass
+            time.sleep(0.2)
+        pytest.fail(f"gateway not healthy in 30 s:\n{proc.log()[-3000:]}")
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def services():
+    """Stop and start single real services (for outage tests)."""
+    def run(action: str, name: str) -> None:
+        subprocess.run(["bash", str(SERVICES), action, name], check=True, capture_output=True)
+    return run
+
+
+def wait_for(predicate, timeout: float = 20, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
