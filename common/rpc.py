@@ -10,10 +10,6 @@ from __future__ import annotations
 from common.errors import AppError
 
 
-def request(request_id: str, reply_to: str, deadline_ms: int, body: dict) -> dict:
-    return {"request_id": request_id, "reply_to": reply_to, "deadline_ms": deadline_ms, "body": body}
-
-
 def ok(request_id: str, data) -> dict:
     return {"type": "reply", "request_id": request_id, "ok": True, "data": data}
 

@@ -4,4 +4,4 @@
 functions/runtime.py); ``python -m functions all`` runs every one, each in its own process.
 """
 
-FUNCTIONS = ("register", "login", "retry", "dlq")
+FUNCTIONS = ("register", "login", "send", "deliver", "retry", "dlq")

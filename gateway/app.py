@@ -31,46 +31,82 @@ class Gateway:
     """This process's producer, Redis client and inbox."""
 
     def __init__(self, cfg: Config, producer, redis_client, inbox: Inbox):
+        from gateway.ws import Hub
+
         self.cfg = cfg
         self.producer = producer
         self.redis = redis_client
         self.inbox = inbox
+        self.hub = Hub(self)
+        inbox.on_message = self.hub.on_message
 
     @classmethod
     def connect(cls, cfg: Config) -> "Gateway":
         redis_client = bus.make_redis(cfg)
         inbox = Inbox(redis_client, bus.gateway_channel(cfg, cfg.app.gateway_id))
-        if not inbox.start():
-            logger.warning("inbox not subscribed yet; replies wait for Redis")
         # A request never waits on Kafka metadata longer than it would wait for its reply.
         producer = bus.make_producer(cfg, max_block_ms=cfg.kafka.request_timeout_ms)
-        return cls(cfg, producer, redis_client, inbox)
+        gateway = cls(cfg, producer, redis_client, inbox)
+        if not inbox.start():
+            logger.warning("inbox not subscribed yet; replies wait for Redis")
+        gateway.hub.start()
+        return gateway
 
-    def call(self, function: str, body: dict):
-        """Ask a function and wait for its answer; raise its AppError, 50008 or 10008."""
+    def produce(self, function: str, value: dict, key: str, on_error=None, reply: bool = False):
+        """Hand an event to a function without waiting; ``on_error(exc)`` if Kafka refuses it.
+
+        With ``reply``, the function answers on this gateway's channel.
+        """
+        if reply:
+            value = {**value, "reply_to": self.inbox.channel}
+        try:
+            future = self.producer.send(self.cfg.topic(function), key=key.encode(), value=bus.encode(value))
+        except KafkaError as exc:
+            logger.error("%s event not produced code=%d: %s", function, Code.PRODUCER_ERROR, type(exc).__name__)
+            if on_error is None:
+                raise AppError(Code.PRODUCER_ERROR) from None
+            on_error(exc)
+            return None
+        if on_error is not None:
+            future.add_errback(on_error)
+        return future
+
+    def request(self, function: str, value: dict, key: str) -> dict:
+        """Produce ``value`` with a request id and this gateway as reply address; wait for the
+        answer (a dict with ``ok``); raise 50008 or 10008."""
         timeout_ms = self.cfg.kafka.request_timeout_ms
         started = time.monotonic()
         request_id = uuid.uuid4().hex
         waiter = self.inbox.expect(request_id)
         try:
-            request = rpc.request(request_id, self.inbox.channel, now_ms() + timeout_ms, body)
+            future = self.produce(function, {**value, "request_id": request_id}, key, reply=True)
             try:
-                self.producer.send(self.cfg.topic(function), key=request_id.encode(),
-                                   value=bus.encode(request)).get(timeout=timeout_ms / 1000)
+                future.get(timeout=timeout_ms / 1000)
             except KafkaError as exc:
                 logger.error("%s request not produced code=%d: %s", function, Code.PRODUCER_ERROR,
                              type(exc).__name__)
                 raise AppError(Code.PRODUCER_ERROR) from None
             remaining = timeout_ms / 1000 - (time.monotonic() - started)
             try:
-                reply = waiter.get(timeout=max(remaining, 0.001))
+                return waiter.get(timeout=max(remaining, 0.001))
             except Empty:
                 logger.warning("%s request %s got no reply in %d ms code=%d", function, request_id,
                                timeout_ms, Code.TIMEOUT)
                 raise AppError(Code.TIMEOUT) from None
         finally:
             self.inbox.forget(request_id)
+
+    def call(self, function: str, body: dict):
+        """Ask a request/reply function (register, login); its result or its AppError."""
+        deadline = now_ms() + self.cfg.kafka.request_timeout_ms
+        reply = self.request(function, {"deadline_ms": deadline, "body": body}, uuid.uuid4().hex)
         return rpc.result(reply)
+
+    def announce_presence(self, user_id: int, online: bool) -> None:
+        """Tell the user's contacts (through the deliver function) that they came or went."""
+        event = {"kind": "presence", "user_id": user_id, "online": online, "last_seen": now_ms()}
+        self.produce("deliver", event, str(user_id),
+                     on_error=lambda exc: logger.warning("presence of %d not announced", user_id))
 
     def health(self) -> dict:
         """Check each dependency; each entry says ok and how long the check took."""
@@ -119,9 +155,10 @@ def create_app(cfg: Config | None = None, gateway: Gateway | None = None) -> Fla
     app = Flask(__name__)
     app.config["PINGME"] = cfg
     app.extensions["pingme"] = gateway or Gateway.connect(cfg)
+    app.config["SOCK_SERVER_OPTIONS"] = dict(ws.SERVER_OPTIONS)
     sock.init_app(app)
 
-    from gateway import http
+    from gateway import http, ws
     app.register_blueprint(http.bp)
     http.register_error_handlers(app)
     logger.info("gateway %s ready (env=%s, config=%s)", cfg.app.gateway_id, cfg.app.env,

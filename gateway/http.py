@@ -1,4 +1,4 @@
-"""HTTP API of the gateway: health, version, auth and profile.
+"""HTTP API of the gateway: health, version, auth, profile, messages, conversations and groups.
 
 Every response uses the envelope ``{"code", "message", "data"}``; errors carry the code from
 common/errors.py with its HTTP status (and ``field`` for 10002).
@@ -16,10 +16,10 @@ import redis
 from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from common import __version__, accounts, auth
+from common import __version__, accounts, auth, chat, presence, rpc
 from common.config import REPO_ROOT
 from common.errors import AppError, Code
-from common.models import db
+from common.models import db, now_ms
 from gateway.app import envelope, error_response
 
 logger = logging.getLogger(__name__)
@@ -93,19 +93,124 @@ def login():
     return envelope(_gateway().call("login", _json_body()))
 
 
+def with_db(view):
+    """Run the view inside one pooled database connection."""
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        with db.connection_context():
+            return view(*args, **kwargs)
+    return wrapper
+
+
 @bp.get("/api/v1/user/profile")
 @require_user
+@with_db
 def get_profile():
-    with db.connection_context():
-        return envelope(accounts.profile(g.user_id).public())
+    return envelope(accounts.profile(g.user_id).public())
 
 
 @bp.put("/api/v1/user/profile")
 @require_user
+@with_db
 def put_profile():
     changes = accounts.validate_profile_update(_json_body())
-    with db.connection_context():
-        return envelope(accounts.update_profile(g.user_id, changes).public())
+    return envelope(accounts.update_profile(g.user_id, changes).public())
+
+
+@bp.post("/api/v1/messages")
+@require_user
+def send_message():
+    """Send over HTTP: the same event, idempotency and ack as the WebSocket ``send``."""
+    fields = chat.validate_send(_json_body())
+    key = chat.route_key(g.user_id, fields["to_user_id"], fields["group_id"])
+    reply = _gateway().request("send", {**fields, "sender_id": g.user_id}, key)
+    return envelope(rpc.result(reply))
+
+
+@bp.get("/api/v1/conversations")
+@require_user
+@with_db
+def list_conversations():
+    return envelope({"conversations": chat.conversations(g.user_id)})
+
+
+@bp.get("/api/v1/conversations/<int:conversation_id>/messages")
+@require_user
+@with_db
+def conversation_history(conversation_id):
+    before = chat.seq_param(request.args.get("before_seq"), "before_seq")
+    return envelope(chat.history(g.user_id, conversation_id, before, chat.page_limit(request.args.get("limit"))))
+
+
+@bp.get("/api/v1/messages/offline")
+@require_user
+@with_db
+def offline_messages():
+    cursor = chat.seq_param(request.args.get("cursor"), "cursor", 0)
+    return envelope(chat.offline(g.user_id, cursor, chat.page_limit(request.args.get("limit"))))
+
+
+def _announce(stored: chat.Stored | None, also_notify=()) -> None:
+    """Push a stored system message to the members (sync has it anyway if this fails)."""
+    if stored is None:
+        return
+    event = {"kind": "message", "message": chat.message_view(stored.message, stored.conversation),
+             "also_notify": list(also_notify)}
+    _gateway().produce("deliver", event, str(stored.conversation.id),
+                       on_error=lambda exc: logger.warning("system message push failed code=%d", Code.PRODUCER_ERROR))
+
+
+@bp.post("/api/v1/groups")
+@require_user
+@with_db
+def create_group():
+    body = _json_body()
+    conv, stored = chat.create_group(g.user_id, body.get("name"), body.get("member_ids", []))
+    _announce(stored)
+    return envelope(chat.group_view(conv), status=201)
+
+
+@bp.get("/api/v1/groups/<int:group_id>")
+@require_user
+@with_db
+def get_group(group_id):
+    return envelope(chat.group_view(chat.get_group(g.user_id, group_id)))
+
+
+@bp.get("/api/v1/groups/<int:group_id>/members")
+@require_user
+@with_db
+def list_members(group_id):
+    members = chat.group_members(g.user_id, group_id)
+    gw = _gateway()
+    online = presence.lookup(gw.redis, gw.cfg, [m["user_id"] for m in members], now_ms())
+    return envelope({"members": [{**m, "online": m["user_id"] in online} for m in members]})
+
+
+@bp.post("/api/v1/groups/<int:group_id>/members")
+@require_user
+@with_db
+def add_members(group_id):
+    stored = chat.add_members(g.user_id, group_id, _json_body().get("user_ids"))
+    _announce(stored)
+    return envelope(chat.group_view(chat.get_group(g.user_id, group_id)))
+
+
+@bp.delete("/api/v1/groups/<int:group_id>/members/<int:user_id>")
+@require_user
+@with_db
+def remove_member(group_id, user_id):
+    _announce(chat.remove_member(g.user_id, group_id, user_id), also_notify=[user_id])
+    return envelope({"group_id": group_id, "user_id": user_id, "removed": True})
+
+
+@bp.get("/api/v1/users/<int:user_id>/status")
+@require_user
+@with_db
+def user_status(user_id):
+    accounts.profile(user_id)  # 30001 for an unknown user
+    gw = _gateway()
+    return envelope(presence.status(gw.redis, gw.cfg, [user_id], now_ms())[user_id])
 
 
 def register_error_handlers(app) -> None:

@@ -1,6 +1,6 @@
 """The gateway's inbox: one Redis channel per gateway process, read by one background loop.
 
-Functions answer requests (and, later, push frames) by publishing to this gateway's channel.
+Functions answer requests and push frames to sockets by publishing to this gateway's channel.
 :meth:`Inbox.expect` registers a waiter before the request is produced, so a reply can never arrive
 before someone waits for it. Under gunicorn's gevent worker the thread is a greenlet.
 """
@@ -18,9 +18,10 @@ logger = logging.getLogger(__name__)
 
 
 class Inbox:
-    def __init__(self, redis_client: redis.Redis, channel: str):
+    def __init__(self, redis_client: redis.Redis, channel: str, on_message=None):
         self.redis = redis_client
         self.channel = channel
+        self.on_message = on_message  # everything that is not a reply to a waiting request
         self._waiters: dict[str, queue.Queue] = {}
         self._subscribed = threading.Event()
         self._stop = threading.Event()
@@ -47,12 +48,16 @@ class Inbox:
         self._waiters.pop(request_id, None)
 
     def dispatch(self, message: dict) -> None:
-        if message.get("type") == "reply":
-            waiter = self._waiters.pop(message.get("request_id"), None)
+        request_id = message.get("request_id")
+        if request_id is not None:
+            waiter = self._waiters.pop(request_id, None)
             if waiter is not None:
                 waiter.put_nowait(message)
-            return
-        logger.warning("inbox %s: unknown message type %r ignored", self.channel, message.get("type"))
+            return  # no waiter: the request already timed out
+        if self.on_message is not None:
+            self.on_message(message)
+        else:
+            logger.warning("inbox %s: message type %r ignored", self.channel, message.get("type"))
 
     def _run(self) -> None:
         backoff = 0.1

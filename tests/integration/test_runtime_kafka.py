@@ -8,7 +8,7 @@ import uuid
 import pytest
 from kafka import KafkaConsumer
 
-from common import bus, rpc
+from common import bus
 from common.models import DeadLetter, User, db, now_ms
 
 from tests.integration.conftest import wait_for
@@ -39,9 +39,13 @@ def replies(cfg, redis_client):
     pubsub.close()
 
 
-def _register_request(channel, username, request_id=None):
-    return rpc.request(request_id or uuid.uuid4().hex, channel, now_ms() + 600_000,
-                       {"username": username, "password": "long-enough"})
+def _request(channel, deadline_ms, body):
+    """The request envelope a gateway produces (common/rpc.py)."""
+    return {"request_id": uuid.uuid4().hex, "reply_to": channel, "deadline_ms": deadline_ms, "body": body}
+
+
+def _register_request(channel, username):
+    return _request(channel, now_ms() + 600_000, {"username": username, "password": "long-enough"})
 
 
 def _users(prefix):
@@ -138,7 +142,7 @@ def test_retry_function_republishes_to_the_origin_when_due(cfg, producer, replie
 def test_expired_request_is_dropped_without_side_effects(cfg, producer, replies, start_function):
     start_function("register")
     prefix = "x" + uuid.uuid4().hex[:6]
-    stale = rpc.request(uuid.uuid4().hex, replies.channel, now_ms() - 1, {"username": prefix, "password": "long-enough"})
+    stale = _request(replies.channel, now_ms() - 1, {"username": prefix, "password": "long-enough"})
     fresh = _register_request(replies.channel, prefix + "f")
     for request in (stale, fresh):
         producer.send(cfg.topic("register"), key=b"one", value=bus.encode(request))

@@ -1,0 +1,43 @@
+"""send — authorize, sequence and store a message, then acknowledge it and hand it to delivery.
+
+Input: topic ``<ns>.send``, key = the conversation's route key (``p<low>:<high>`` or ``g<group>``,
+so one partition orders a conversation). Value: ``{msg_id, sender_id, to_user_id | group_id,
+content, content_type, reply_to, conn_id? | request_id?}`` from a gateway.
+Outputs, only after the message is stored with its seq:
+  * ``<ns>.deliver`` ``{kind: "message", message, origin_conn}``, key = conversation id;
+  * on the sender's gateway channel ``reply_to``: ``{type: "ack", ok: true, data: {msg_id,
+    conversation_id, seq, server_ts}, conn_id | request_id}``.
+Idempotency: ``msg_id``. A resent or redelivered message is stored once and re-emits the same ack
+and deliver event (same seq), so a crash between the commit and the produce heals itself.
+Errors answered to the sender as ``{type: "error", ok: false, error: {code, message, ref}}``:
+10002 bad field, 10006 msg_id reused, 30001 unknown recipient, 40002 unknown group,
+40003 not a member. Database outages are retried (20001) and then dead-lettered (50006).
+"""
+from common import chat
+from common.errors import AppError, Code
+from functions.runtime import Emit, Invalid, Publish
+
+MAX_RECORDS = 500
+
+
+def reply(event_value: dict, body: dict) -> Publish:
+    ref = {k: event_value[k] for k in ("conn_id", "request_id") if event_value.get(k)}
+    return Publish(event_value["reply_to"], {**body, **ref})
+
+
+def handle(event, ctx):
+    e = event.value
+    sender_id, reply_to = e.get("sender_id"), e.get("reply_to")
+    if not isinstance(sender_id, int) or not isinstance(reply_to, str):
+        raise Invalid(Code.UNMARSHAL_FAILED, "send event without sender_id or reply_to")
+    try:
+        fields = chat.validate_send(e)
+        conv = chat.conversation_for_send(sender_id, fields["to_user_id"], fields["group_id"])
+        stored = chat.store_message(conv, fields["msg_id"], sender_id, fields["content_type"],
+                                    fields["content"])
+    except AppError as exc:
+        return [reply(e, {"type": "error", "ok": False, "error": {**exc.to_dict(), "ref": e.get("msg_id")}})]
+    deliver = {"kind": "message", "message": chat.message_view(stored.message, conv),
+               "origin_conn": e.get("conn_id")}
+    return [Emit(ctx.topic("deliver"), deliver, key=str(conv.id)),
+            reply(e, {"type": "ack", "ok": True, "data": chat.ack_view(stored.message)})]
