@@ -152,13 +152,14 @@ def create_app(cfg: Config | None = None, gateway: Gateway | None = None) -> Fla
     """Build the app. Without ``gateway`` it connects to the configured Kafka and Redis."""
     cfg = cfg or config_mod.load()
     init_db(cfg.db)
+    from gateway import http, ws
+
     app = Flask(__name__)
     app.config["PINGME"] = cfg
     app.extensions["pingme"] = gateway or Gateway.connect(cfg)
     app.config["SOCK_SERVER_OPTIONS"] = dict(ws.SERVER_OPTIONS)
     sock.init_app(app)
 
-    from gateway import http, ws
     app.register_blueprint(http.bp)
     http.register_error_handlers(app)
     logger.info("gateway %s ready (env=%s, config=%s)", cfg.app.gateway_id, cfg.app.env,
