@@ -393,3 +393,63 @@ def test_slow_reader_receives_intact_frames(cfg, gw1, gw2, clients):
     pushed = [m["payload"] for m in messages if m["type"] == "message"]
     assert len(pushed) == count and all(p["content"] == content for p in pushed)
     assert [p["seq"] for p in pushed] == sorted(p["seq"] for p in pushed)
+
+
+def test_send_worker_killed_mid_batch_stores_each_message_once_gap_free(cfg, system, start_function, redis_client):
+    """Send events produced straight to the topic; one send worker is killed with SIGKILL while
+    they flow and another is started; every message is stored exactly once, seqs gap-free."""
+    import signal
+
+    from common import bus
+    from common.models import Conversation
+
+    users = make_users(cfg, 6)
+    pairs = [(users[i], users[i + 1]) for i in range(0, 6, 2)]
+    channel = cfg.redis_key("test-acks", uuid.uuid4().hex[:8])
+    producer = bus.make_producer(cfg)
+    per_pair, sent = 400, []
+    for n in range(per_pair):
+        for sender, recipient in pairs:
+            event = {"msg_id": mid(), "sender_id": sender.id, "to_user_id": recipient.id, "content": f"k{n}",
+                     "content_type": "text", "reply_to": channel, "conn_id": "test"}
+            sent.append(event["msg_id"])
+            producer.send(cfg.topic("send"), key=f"p{min(sender.id, recipient.id)}:{max(sender.id, recipient.id)}".encode(),
+                          value=bus.encode(event))
+    victim = start_function("send")
+    producer.flush()
+    producer.close()
+
+    def count():
+        with db.connection_context():
+            return Message.select().where(Message.msg_id.in_(sent)).count()
+    wait_for(lambda: count() >= 100, timeout=60, what="messages to flow")
+    victim.signal(signal.SIGKILL)
+    victim.popen.wait()
+    start_function("send")
+    wait_for(lambda: count() == len(sent), timeout=120, what=f"all {len(sent)} messages stored")
+    with db.connection_context():
+        rows = list(Message.select().where(Message.msg_id.in_(sent)))
+        assert len(rows) == len({r.msg_id for r in rows}) == len(sent)
+        for conversation_id in {r.conversation_id for r in rows}:
+            seqs = sorted(r.seq for r in rows if r.conversation_id == conversation_id)
+            assert seqs == list(range(1, per_pair + 1))
+            assert Conversation.get_by_id(conversation_id).last_seq == per_pair
+
+
+def test_presence_of_a_dead_gateway_expires(cfg, redis_client):
+    from common import presence
+
+    user_id = 10**9 + 7
+    assert presence.connect(redis_client, cfg, user_id, "conn-dead", "gw-dead", presence_now(), ttl_ms=300)
+    other = "conn-live"
+    presence.refresh(redis_client, cfg, [(user_id, other)], "gw-live", presence_now(), ttl_ms=5000)
+    assert set(presence.lookup(redis_client, cfg, [user_id], presence_now())[user_id]) == {"conn-dead", other}
+    time.sleep(0.4)  # gw-dead never refreshes again
+    assert presence.lookup(redis_client, cfg, [user_id], presence_now()) == {user_id: {other: "gw-live"}}
+    assert presence.disconnect(redis_client, cfg, user_id, other, presence_now()) is True
+    assert presence.status(redis_client, cfg, [user_id], presence_now())[user_id]["online"] is False
+
+
+def presence_now() -> int:
+    from common.models import now_ms
+    return now_ms()
