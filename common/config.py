@@ -124,6 +124,8 @@ SETTINGS: tuple[Setting, ...] = (
             "This gateway's reply/push address; empty = random per process"),
     Setting("app.worker_connections", "WORKER_CONNECTIONS", 10000, _int(10, 1_000_000),
             "gunicorn gevent worker connection cap (WebSocket + HTTP)"),
+    Setting("app.ws_queue_limit", "WS_QUEUE_LIMIT", 1000, _int(10, 1_000_000),
+            "Frames queued for one slow WebSocket client before it is disconnected"),
     Setting("db.engine", "DB_ENGINE", "sqlite", _choice("sqlite", "mysql"),
             "`sqlite` (embedded, local run only) or `mysql` (MariaDB/MySQL)"),
     Setting("db.path", "DB_PATH", ".state/pingme.db", _nonempty,
@@ -171,6 +173,7 @@ class AppConfig:
     namespace: str
     gateway_id: str
     worker_connections: int
+    ws_queue_limit: int
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,6 @@ from gateway.app import sock
 logger = logging.getLogger(__name__)
 
 AUTH_TIMEOUT_S = 10
-QUEUE_LIMIT = 1000          # frames waiting for one slow client before it is disconnected
 RECEIVE_POLL_S = 30
 CLOSE_AUTH_FAILED = 4001
 CLOSE_AUTH_TIMEOUT = 4002
@@ -82,7 +81,7 @@ def frame(kind: str, payload: dict) -> str:
 class Connection:
     """One authenticated socket: ``push`` queues a frame, the writer sends it."""
 
-    def __init__(self, ws, user_id: int, conn_id: str | None = None, limit: int = QUEUE_LIMIT):
+    def __init__(self, ws, user_id: int, limit: int, conn_id: str | None = None):
         self.ws = ws
         self.user_id = user_id
         self.conn_id = conn_id or uuid.uuid4().hex[:16]
@@ -224,7 +223,7 @@ def websocket(ws):
     user_id = _authenticate(ws, gw.cfg)
     if user_id is None:
         return
-    conn = Connection(ws, user_id)
+    conn = Connection(ws, user_id, gw.cfg.app.ws_queue_limit)
     came_online = gw.hub.add(conn)
     conn.push(frame("auth_ok", {"user_id": user_id, "conn_id": conn.conn_id}))
     if came_online:

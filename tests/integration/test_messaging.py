@@ -453,3 +453,31 @@ def test_presence_of_a_dead_gateway_expires(cfg, redis_client):
 def presence_now() -> int:
     from common.models import now_ms
     return now_ms()
+
+
+def test_a_reader_that_stops_reading_is_disconnected_not_buffered(cfg, gw1, start_gateway, clients):
+    """Once the kernel buffers and the connection's queue (here 20 frames) are full, the gateway
+    drops the connection instead of growing memory; the gateway and its other clients carry on."""
+    strict = start_gateway(WS_QUEUE_LIMIT="20")
+    alice, bob = make_users(cfg, 2)
+    stuck = _raw_handshake(strict, bob.token)
+    head, _ = _read_headers(stuck)
+    assert " 101 " in head.splitlines()[0]
+    a = clients(gw1, alice)
+    content = "z" * 8000
+    for n in range(1200):  # ~10 MB: more than the socket buffers plus the queue can hold
+        a.send("send", {"msg_id": mid(), "to_user_id": bob.id, "content": content})
+        if n % 100 == 99:
+            a.expect("message_ack", where=lambda p: True)
+    wait_for(lambda: "too slow" in strict.proc.log(), timeout=60, what="the slow reader to be dropped")
+    stuck.settimeout(10)  # a stream that never ends fails here with a timeout
+    try:
+        while stuck.recv(1 << 20):  # drain what was in flight, up to the end of the stream
+            pass
+    except ConnectionResetError:
+        pass
+    stuck.close()
+    (carol,) = make_users(cfg, 1)
+    c = clients(strict, carol)
+    c.send("ping", {})
+    assert c.expect("pong")
