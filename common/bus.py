@@ -77,7 +77,7 @@ def make_consumer(cfg: Config, function: str, **overrides) -> KafkaConsumer:
         client_id=f"{cfg.group(function)}-consumer",
         enable_auto_commit=False,          # the runtime commits after outputs are flushed
         auto_offset_reset="earliest",      # a new group must not skip events already accepted
-        fetch_max_wait_ms=20,
+        fetch_max_wait_ms=500,
         session_timeout_ms=10_000,         # a killed worker's partitions move on within seconds
         heartbeat_interval_ms=1_000,
         max_poll_interval_ms=300_000,

@@ -17,7 +17,6 @@ from functions.runtime import Emit, Invalid, Transient
 
 RAW = True
 ROUTE_FAILURES = False
-USES_DB = False
 logger = logging.getLogger(__name__)
 
 

@@ -18,6 +18,8 @@ Contract:
   a function that declares ``ROUTE_FAILURES = False`` (retry, dlq) fails, nothing is committed: the
   batch is rewound and tried again with backoff.
 * **SIGTERM drains**: stop polling, finish the batch, flush, commit, exit 0.
+* A worker keeps one database connection (Peewee opens it on first use); a database error hands it
+  back to the pool, which pings it before the next event uses it, so a restarted database heals.
 
 Optional module attributes of a function: ``RAW = True`` (the event's ``value`` stays undecoded
 bytes), ``ROUTE_FAILURES = False`` (see above), ``REDACT = ("password",)`` (fields blanked before an
@@ -28,7 +30,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Callable, Union
@@ -205,15 +206,17 @@ class Worker:
         self.route_failures = getattr(module, "ROUTE_FAILURES", True)
         self.redact_fields = tuple(getattr(module, "REDACT", ()))
         self.max_records = getattr(module, "MAX_RECORDS", 200)
-        # One pooled connection per event; the pool pings it, so a restarted database heals.
-        self.db_scope = db.connection_context if getattr(module, "USES_DB", True) else nullcontext
         self._blocked = 0  # consecutive batches that could not be committed
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
-        self.consumer.subscribe([self.config.topic(self.name)])
-        logger.info("function %s consuming %s as group %s", self.name,
-                    self.config.topic(self.name), self.config.group(self.name))
+        topic = self.config.topic(self.name)
+        # Metadata first: a group leader without it assigns nobody any partition, and the group
+        # then idles until the next metadata refresh.
+        partitions = self.consumer.partitions_for_topic(topic)
+        self.consumer.subscribe([topic])
+        logger.info("function %s consuming %s (%d partitions) as group %s", self.name, topic,
+                    len(partitions), self.config.group(self.name))
         while not self.stop.is_set():
             self.run_once()
         logger.info("function %s stopped", self.name)
@@ -264,13 +267,13 @@ class Worker:
         event = Event(record.topic, record.partition, record.offset, record.key, value,
                       record.value, headers, record.timestamp)
         try:
-            with self.db_scope():
-                return list(self.module.handle(event, self.ctx) or ())
+            return list(self.module.handle(event, self.ctx) or ())
         except Invalid as exc:
             code, error, permanent = exc.code, str(exc), True
         except Transient as exc:
             code, error, permanent = exc.code, _error_text(exc), False
         except (pw.OperationalError, pw.InterfaceError) as exc:
+            db.close()  # hand the connection back; the pool pings it before the next use
             code, error, permanent = Code.DATABASE_ERROR, _error_text(exc), False
         except redis.ConnectionError as exc:
             code, error, permanent = Code.CACHE_ERROR, _error_text(exc), False

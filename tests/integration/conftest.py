@@ -188,6 +188,24 @@ def start_gateway(base_env, cfg):
         proc.stop()
 
 
+@pytest.fixture(scope="module")
+def system(start_function, start_gateway):
+    """Every chat function as its own process and two gateways (clients on either see each other)."""
+    for name in ("register", "login", "send", "deliver"):
+        start_function(name)
+    return start_gateway(), start_gateway()
+
+
+@pytest.fixture(scope="module")
+def gw1(system):
+    return system[0]
+
+
+@pytest.fixture(scope="module")
+def gw2(system):
+    return system[1]
+
+
 @pytest.fixture(scope="session")
 def services():
     """Stop and start single real services (for outage tests)."""

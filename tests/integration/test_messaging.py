@@ -17,23 +17,6 @@ from common.models import Message, User, db
 from tests.integration.conftest import wait_for
 
 
-@pytest.fixture(scope="module")
-def system(start_function, start_gateway):
-    for name in ("register", "login", "send", "deliver"):
-        start_function(name)
-    return start_gateway(), start_gateway()
-
-
-@pytest.fixture(scope="module")
-def gw1(system):
-    return system[0]
-
-
-@pytest.fixture(scope="module")
-def gw2(system):
-    return system[1]
-
-
 class User_:
     def __init__(self, uid: int, token: str):
         self.id, self.token = uid, token

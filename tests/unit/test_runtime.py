@@ -119,7 +119,7 @@ class FakeRedis:
 
 
 def _worker(handle, batches, producer=None, **attrs):
-    module = types.SimpleNamespace(handle=handle, USES_DB=False, **attrs)
+    module = types.SimpleNamespace(handle=handle, **attrs)
     stop = threading.Event()
     stop.set()  # makes the rewind wait return at once
     worker = Worker("send", module, CFG, FakeConsumer(batches), producer or FakeProducer(), FakeRedis(), stop)
