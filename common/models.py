@@ -116,6 +116,13 @@ class DeadLetter(BaseModel):
     class Meta:
         indexes = ((("dlq_topic", "dlq_partition", "dlq_offset"), True),)
 
+    @classmethod
+    def depth_by_code(cls) -> dict[int, int]:
+        """Dead letters not yet replayed, by error code (the DLQ depth metric)."""
+        query = (cls.select(cls.code, pw.fn.COUNT(cls.id).alias("n"))
+                 .where(cls.replayed_at.is_null()).group_by(cls.code))
+        return {row.code: row.n for row in query}
+
 
 MODELS = (User, Conversation, ConversationMember, Message, DeadLetter)
 

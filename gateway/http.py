@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException
 from common import __version__, accounts, auth, chat, presence, rpc
 from common.config import REPO_ROOT
 from common.errors import AppError, Code
-from common.models import db, now_ms
+from common.models import DeadLetter, db, now_ms
 from gateway.app import envelope, error_response
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,15 @@ def require_user(view):
     return wrapper
 
 
+def with_db(view):
+    """Run the view inside one pooled database connection."""
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        with db.connection_context():
+            return view(*args, **kwargs)
+    return wrapper
+
+
 @bp.get("/health")
 def health():
     checks = _gateway().health()
@@ -60,6 +69,18 @@ def health():
     code = {"db": Code.DATABASE_ERROR, "redis": Code.CACHE_ERROR, "kafka": Code.KAFKA_ERROR}[
         next(name for name, check in checks.items() if not check["ok"])]
     return jsonify({"code": int(code), "message": code.message, "data": data}), 503
+
+
+@bp.get("/metrics")
+@with_db
+def metrics():
+    """Prometheus text: DLQ depth by error code, and this gateway's open WebSocket connections."""
+    lines = ["# HELP pingme_dlq_depth Dead letters not yet replayed, by error code.",
+             "# TYPE pingme_dlq_depth gauge"]
+    lines += [f'pingme_dlq_depth{{code="{code}"}} {n}' for code, n in sorted(DeadLetter.depth_by_code().items())]
+    lines += ["# HELP pingme_ws_connections Open WebSocket connections on this gateway.",
+              "# TYPE pingme_ws_connections gauge", f"pingme_ws_connections {len(_gateway().hub.conns)}"]
+    return "\n".join(lines) + "\n", 200, {"Content-Type": "text/plain; version=0.0.4"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -91,15 +112,6 @@ def register():
 def login():
     accounts.validate_login(_json_body())
     return envelope(_gateway().call("login", _json_body()))
-
-
-def with_db(view):
-    """Run the view inside one pooled database connection."""
-    @functools.wraps(view)
-    def wrapper(*args, **kwargs):
-        with db.connection_context():
-            return view(*args, **kwargs)
-    return wrapper
 
 
 @bp.get("/api/v1/user/profile")

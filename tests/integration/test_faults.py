@@ -1,0 +1,141 @@
+"""Fault injection on the real servers: the database goes away while messages flow.
+
+Each scenario runs its own functions and gateway in a private namespace with its own retry
+settings, stops the real MariaDB for a while, and checks what was stored afterwards.
+Marked slow: ``pytest -m slow`` runs just these.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from kafka import KafkaConsumer
+
+from common import bus, config as config_mod
+from common.models import DeadLetter, Message, db
+
+from tests.integration.conftest import REPO, wait_for
+from tests.integration.test_messaging import Client, make_users, mid
+
+pytestmark = pytest.mark.slow
+
+
+def _scenario(base_env, start_function, start_gateway, **retry_env):
+    namespace = f"f{uuid.uuid4().hex[:8]}"
+    env = {"PINGME_NAMESPACE": namespace, **retry_env}
+    cfg = config_mod.load({**base_env, **env})
+    bus.ensure_topics(cfg)
+    procs = [start_function(name, **env) for name in ("send", "deliver", "retry", "dlq")]
+    for proc in procs:
+        wait_for(lambda: "consuming" in proc.log(), timeout=30, what=f"{proc.name} to consume")
+    return cfg, env, start_gateway(**env)
+
+
+def _stored(msg_ids) -> list[Message]:
+    with db.connection_context():
+        return list(Message.select().where(Message.msg_id.in_(list(msg_ids))))
+
+
+def _assert_once_gap_free(rows, expected_ids):
+    assert sorted(r.msg_id for r in rows) == sorted(expected_ids)  # each exactly once
+    for conversation_id in {r.conversation_id for r in rows}:
+        seqs = sorted(r.seq for r in rows if r.conversation_id == conversation_id)
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+
+
+def test_short_database_outage_is_absorbed_by_retries(cfg, base_env, start_function, start_gateway, services):
+    # Budget 1 + 2 + 4 + 8 = 15 s of retries; the outage lasts about 3 s.
+    scen_cfg, _, gw = _scenario(base_env, start_function, start_gateway, RETRY_MAX_ATTEMPTS="4",
+                                RETRY_INITIAL_BACKOFF_MS="1000", RETRY_MULTIPLIER="2")
+    alice, bob = make_users(cfg, 2)
+    a, b = Client(gw, alice), Client(gw, bob)
+    ids = [mid() for _ in range(20)]
+    services("stop", "mariadb")
+    try:
+        for i, msg in enumerate(ids):
+            a.send("send", {"msg_id": msg, "to_user_id": bob.id, "content": f"outage {i}"})
+        time.sleep(2)
+    finally:
+        services("start", "mariadb")
+    acks = {a.expect("message_ack", timeout=60)["msg_id"] for _ in ids}
+    assert acks == set(ids)
+    got = {b.expect("message", timeout=60)["msg_id"] for _ in ids}
+    assert got == set(ids)
+    _assert_once_gap_free(_stored(ids), ids)
+    with db.connection_context():
+        assert DeadLetter.select().where(DeadLetter.origin_topic == scen_cfg.topic("send")).count() == 0
+    a.close(), b.close()
+
+
+def test_long_outage_dead_letters_then_replay_stores_each_once(cfg, base_env, start_function, start_gateway,
+                                                               services):
+    # Budget 200 + 400 + 800 ms: a 5 s outage exhausts it.
+    scen_cfg, env, gw = _scenario(base_env, start_function, start_gateway, RETRY_MAX_ATTEMPTS="3",
+                                  RETRY_INITIAL_BACKOFF_MS="200", RETRY_MULTIPLIER="2")
+    alice, bob = make_users(cfg, 2)
+    a = Client(gw, alice)
+    ids = [mid() for _ in range(5)]
+    services("stop", "mariadb")
+    try:
+        for i, msg in enumerate(ids):
+            a.send("send", {"msg_id": msg, "to_user_id": bob.id, "content": f"lost? {i}"})
+        time.sleep(5)
+    finally:
+        services("start", "mariadb")
+
+    send_topic = scen_cfg.topic("send")
+
+    def dead():
+        with db.connection_context():
+            return list(DeadLetter.select().where(DeadLetter.origin_topic == send_topic))
+    letters = wait_for(lambda: len(dead()) >= len(ids) and dead(), timeout=60, what="the dead letters")
+    assert {d.code for d in letters} == {50006} and {d.attempts for d in letters} == {3}
+    assert "20001" in letters[0].error
+    assert _stored(ids) == []
+
+    # The backoff schedule, observed on the retry topic's real timestamps.
+    consumer = KafkaConsumer(scen_cfg.topic("retry"), bootstrap_servers=list(scen_cfg.kafka.brokers),
+                             auto_offset_reset="earliest", consumer_timeout_ms=3000)
+    by_event: dict[bytes, list] = {}  # the event's bytes travel unchanged through retries
+    for record in consumer:
+        if bus.headers_to_dict(record.headers)[bus.H_ORIGIN_TOPIC] == send_topic:
+            by_event.setdefault(record.value, []).append(record)
+    consumer.close()
+    tolerance_ms = 500  # scheduling noise on a loaded 2-core machine: polls, flushes, the GIL
+    exhausted_at = {bytes(d.value): d.last_failed_at for d in letters}
+    assert len(by_event) == len(ids)
+    for value, records in by_event.items():
+        headers = [bus.headers_to_dict(r.headers) for r in records]
+        assert [h[bus.H_ATTEMPT] for h in headers] == ["1", "2", "3"]
+        # Record n is written when attempt n-1 failed; the next failure (record n+1, or the dead
+        # letter after the last) can only follow the re-publish at record n's due time.
+        failures = [r.timestamp for r in records] + [exhausted_at[value]]
+        gaps = [later - earlier for earlier, later in zip(failures, failures[1:])]
+        for gap, delay in zip(gaps, [200, 400, 800]):
+            assert delay <= gap <= delay + tolerance_ms, (gaps, "expected 200, 400, 800 ms")
+
+    cli_env = {**base_env, **env}
+    done = subprocess.run([sys.executable, "-m", "common.cli", "--json", "dlq", "replay", "--all",
+                           "--code", "50006", "--topic", send_topic],
+                          cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["count"] == len(ids)
+    wait_for(lambda: len(_stored(ids)) == len(ids), timeout=60, what="the replayed messages stored")
+    acks = {a.expect("message_ack", timeout=30)["msg_id"] for _ in ids}
+    assert acks == set(ids)
+    # A second replay (of the same letters, forced) stores nothing twice.
+    again = subprocess.run([sys.executable, "-m", "common.cli", "dlq", "replay", "--all", "--again",
+                            "--topic", send_topic], cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    time.sleep(2)
+    _assert_once_gap_free(_stored(ids), ids)
+    listed = subprocess.run([sys.executable, "-m", "common.cli", "dlq", "list", "--topic", send_topic, "--json"],
+                            cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)["dead_letters"]
+    assert len(rows) == len(ids) and all(row["replayed_at"] for row in rows)
+    a.close()
