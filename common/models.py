@@ -13,6 +13,7 @@ from pathlib import Path
 
 import peewee as pw
 from playhouse.pool import PooledMySQLDatabase
+from playhouse.shortcuts import ReconnectMixin
 
 from common.config import REPO_ROOT, DbConfig
 
@@ -127,6 +128,11 @@ class DeadLetter(BaseModel):
 MODELS = (User, Conversation, ConversationMember, Message, DeadLetter)
 
 
+class MySQLDatabase(ReconnectMixin, PooledMySQLDatabase):
+    """Pooled MySQL/MariaDB that reconnects once when the server dropped a connection (a restart,
+    an idle timeout); only outside a transaction, so no write is silently lost."""
+
+
 def make_database(cfg: DbConfig) -> pw.Database:
     if cfg.engine == "sqlite":
         path = Path(cfg.path)
@@ -136,7 +142,7 @@ def make_database(cfg: DbConfig) -> pw.Database:
         # WAL + busy timeout: the gateway and every function process share the file.
         return pw.SqliteDatabase(str(path), pragmas={"journal_mode": "wal", "busy_timeout": 10000,
                                                      "foreign_keys": 1})
-    return PooledMySQLDatabase(
+    return MySQLDatabase(
         cfg.name, host=cfg.host, port=cfg.port, user=cfg.username, password=cfg.password,
         charset="utf8mb4", max_connections=cfg.max_connections, stale_timeout=300, timeout=10,
         connect_timeout=5, init_command="SET sql_mode='STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION'")

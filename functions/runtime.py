@@ -217,8 +217,13 @@ class Worker:
         self.consumer.subscribe([topic])
         logger.info("function %s consuming %s (%d partitions) as group %s", self.name, topic,
                     len(partitions), self.config.group(self.name))
+        assigned = None
         while not self.stop.is_set():
             self.run_once()
+            if self.consumer.assignment() != assigned:
+                assigned = set(self.consumer.assignment())
+                logger.info("function %s partitions assigned: %s", self.name,
+                            sorted(tp.partition for tp in assigned))
         logger.info("function %s stopped", self.name)
 
     def run_once(self, timeout_ms: int = 200) -> int:

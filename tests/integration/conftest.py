@@ -191,8 +191,9 @@ def start_gateway(base_env, cfg):
 @pytest.fixture(scope="module")
 def system(start_function, start_gateway):
     """Every chat function as its own process and two gateways (clients on either see each other)."""
-    for name in ("register", "login", "send", "deliver"):
-        start_function(name)
+    procs = [start_function(name) for name in ("register", "login", "send", "deliver")]
+    for proc in procs:
+        wait_for(lambda: "partitions assigned" in proc.log(), timeout=60, what=f"{proc.name} to join its group")
     return start_gateway(), start_gateway()
 
 

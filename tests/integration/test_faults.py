@@ -31,7 +31,7 @@ def _scenario(base_env, start_function, start_gateway, **retry_env):
     bus.ensure_topics(cfg)
     procs = [start_function(name, **env) for name in ("send", "deliver", "retry", "dlq")]
     for proc in procs:
-        wait_for(lambda: "consuming" in proc.log(), timeout=30, what=f"{proc.name} to consume")
+        wait_for(lambda: "partitions assigned" in proc.log(), timeout=60, what=f"{proc.name} to join its group")
     return cfg, env, start_gateway(**env)
 
 
