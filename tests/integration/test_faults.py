@@ -139,3 +139,65 @@ def test_long_outage_dead_letters_then_replay_stores_each_once(cfg, base_env, st
     rows = json.loads(listed.stdout)["dead_letters"]
     assert len(rows) == len(ids) and all(row["replayed_at"] for row in rows)
     a.close()
+
+
+def _load(base_env, env, gw, out, rate=150, duration=12, pairs=5):
+    """Start the load tool against ``gw`` in the background; returns (process, result path)."""
+    return subprocess.Popen([sys.executable, "-m", "tests.load.chat_load", "--url", gw.base, "--pairs", str(pairs),
+                             "--rate", str(rate), "--duration", str(duration), "--out", str(out)],
+                            cwd=REPO, env={**base_env, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def _chaos_scenario(base_env, start_function, start_gateway):
+    namespace = f"c{uuid.uuid4().hex[:8]}"
+    env = {"PINGME_NAMESPACE": namespace}
+    bus.ensure_topics(config_mod.load({**base_env, **env}))
+    procs = {name: start_function(name, **env) for name in ("register", "login", "send", "deliver", "retry", "dlq")}
+    for proc in procs.values():
+        wait_for(lambda: "partitions assigned" in proc.log(), timeout=60, what=f"{proc.name} to join its group")
+    return env, procs, start_gateway(**env)
+
+
+def test_killing_send_and_deliver_workers_loses_nothing(base_env, start_function, start_gateway, tmp_path):
+    import signal
+
+    env, procs, gw = _chaos_scenario(base_env, start_function, start_gateway)
+    out = tmp_path / "chaos.json"
+    load = _load(base_env, env, gw, out)
+    kills = 0
+    time.sleep(4)  # registration and connections first
+    while load.poll() is None and kills < 8:
+        name = ("send", "deliver")[kills % 2]
+        procs[name].signal(signal.SIGKILL)
+        procs[name].popen.wait()
+        procs[name] = start_function(name, **env)
+        kills += 1
+        time.sleep(1.5)
+    output, _ = load.communicate(timeout=180)
+    result = json.loads(out.read_text())
+    print(f"chaos: {result['sent']} messages, {kills} kills, lost {result['lost']}, "
+          f"duplicate pushes {result['duplicate_pushes']}, e2e {result['e2e_ms']}")
+    assert kills >= 4, output[-2000:]
+    assert result["sent"] >= 1500 and result["acked"] == result["sent"]
+    assert result["lost"] == 0 and result["acked_not_delivered"] == 0 and result["sync_problems"] == 0, output[-3000:]
+
+
+def test_kafka_broker_restart_loses_no_acknowledged_message(base_env, start_function, start_gateway, services,
+                                                            tmp_path):
+    env, _, gw = _chaos_scenario(base_env, start_function, start_gateway)
+    out = tmp_path / "restart.json"
+    load = _load(base_env, env, gw, out, duration=14)
+    time.sleep(6)
+    services("stop", "kafka")
+    time.sleep(1)
+    services("start", "kafka")
+    output, _ = load.communicate(timeout=240)
+    result = json.loads(out.read_text())
+    print(f"broker restart: {result['sent']} sent, {result['acked']} acked, lost {result['lost']}, "
+          f"errors {result['error_codes']}")
+    assert result["sent"] > 1000
+    # Sends the gateway could not hand to Kafka are refused with 50008; everything acked arrives.
+    assert set(result["error_codes"]) <= {50008}
+    assert result["acked_not_delivered"] == 0 and result["sync_problems"] == 0, output[-3000:]
+    assert result["acked"] + result["errors"] == result["sent"]

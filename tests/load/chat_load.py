@@ -53,6 +53,7 @@ class Peer:
     def __init__(self, ws_url: str, user_id: int, token: str, acks: dict, received: dict):
         self.user_id, self.token, self.ws_url = user_id, token, ws_url
         self.acks, self.received = acks, received
+        self.duplicates = 0  # pushes of a msg_id this peer already had (allowed: at-least-once)
         self.ws = simple_websocket.Client.connect(f"{ws_url}?token={token}")
         first = json.loads(self.ws.receive(timeout=10))
         assert first["type"] == "auth_ok", first
@@ -69,6 +70,8 @@ class Peer:
                 if kind == "message_ack":
                     self.acks.setdefault(payload["msg_id"], (now, payload["seq"], payload["conversation_id"]))
                 elif kind == "message":
+                    if (self.user_id, payload["msg_id"]) in self.received:
+                        self.duplicates += 1
                     self.received.setdefault((self.user_id, payload["msg_id"]), now)
                 elif kind == "error":
                     self.errors.append(payload)
@@ -150,6 +153,7 @@ def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False)
     e2e_ms = [(received[(r, m)] - t) * 1000 for m, (t, r) in sent.items() if (r, m) in received]
     not_delivered = [m for m, (t, r) in sent.items() if m in acks and (r, m) not in received]
     errors = [e for p in peers for e in p.errors]
+    duplicates = sum(p.duplicates for p in peers)
     for peer in peers:
         peer.close()
 
@@ -171,6 +175,7 @@ def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False)
         "pairs": pairs, "target_rate": rate, "duration_s": duration, "sent": len(sent),
         "acked": len(acks), "delivered": len(e2e_ms), "acked_not_delivered": len(not_delivered),
         "errors": len(errors), "error_codes": sorted({e.get("code") for e in errors}),
+        "duplicate_pushes": duplicates,
         "sync_conversations": len(by_conversation), "sync_problems": sync_problems,
         "send_rate": round(len(sent) / send_seconds, 1),
         "delivered_rate": round(len(e2e_ms) / max(finished - started, 1e-9), 1),
