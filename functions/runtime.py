@@ -46,6 +46,7 @@ from common.models import db, now_ms
 from functions.policy import RetryPolicy
 
 logger = logging.getLogger(__name__)
+COMMIT_TIMEOUT_MS = 10_000
 
 
 @dataclass(frozen=True)
@@ -243,9 +244,12 @@ class Worker:
         offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)
                    for tp, records in batch.items()}
         try:
-            self.consumer.commit(offsets)
+            # Bounded: without a timeout a commit waits forever for a coordinator that a broker
+            # restart took away, and the worker stops processing (seen in the broker-restart test).
+            self.consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
         except KafkaError as exc:
-            # Typically a rebalance: the new owner re-runs these records; handlers are idempotent.
+            # A rebalance or a broker outage. The outputs are out; a later commit covers these
+            # offsets, or the partition's next owner re-runs them (handlers are idempotent).
             logger.warning("function %s commit failed code=%d: %s", self.name,
                            Code.CONSUMER_GROUP_ERROR, _error_text(exc))
             return 0

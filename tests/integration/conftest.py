@@ -125,12 +125,15 @@ class Proc:
 
 @pytest.fixture(scope="session")
 def start_function(base_env, cfg):
-    """Start ``python -m functions NAME`` with optional env overrides; stopped at session end."""
+    """Start ``python -m functions NAME`` with optional env overrides; stopped at session end.
+    With ``ready`` it returns once the worker has joined its group and got its partitions."""
     procs: list[Proc] = []
 
-    def start(name: str, **env) -> Proc:
+    def start(name: str, ready: bool = True, **env) -> Proc:
         proc = Proc([sys.executable, "-m", "functions", name], {**base_env, **env}, f"fn-{name}")
         procs.append(proc)
+        if ready:
+            wait_for(lambda: "partitions assigned" in proc.log(), timeout=60, what=f"{name} to join its group")
         return proc
 
     yield start
@@ -191,9 +194,8 @@ def start_gateway(base_env, cfg):
 @pytest.fixture(scope="module")
 def system(start_function, start_gateway):
     """Every chat function as its own process and two gateways (clients on either see each other)."""
-    procs = [start_function(name) for name in ("register", "login", "send", "deliver")]
-    for proc in procs:
-        wait_for(lambda: "partitions assigned" in proc.log(), timeout=60, what=f"{proc.name} to join its group")
+    for name in ("register", "login", "send", "deliver"):
+        start_function(name)
     return start_gateway(), start_gateway()
 
 

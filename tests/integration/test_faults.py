@@ -24,15 +24,26 @@ from tests.integration.test_messaging import Client, make_users, mid
 pytestmark = pytest.mark.slow
 
 
-def _scenario(base_env, start_function, start_gateway, **retry_env):
-    namespace = f"f{uuid.uuid4().hex[:8]}"
-    env = {"PINGME_NAMESPACE": namespace, **retry_env}
+def _scenario(base_env, start_function, start_gateway, functions=("send", "deliver", "retry", "dlq"), **env):
+    """Functions and a gateway in a private namespace with their own settings, ready to use."""
+    env = {"PINGME_NAMESPACE": f"f{uuid.uuid4().hex[:8]}", **env}
     cfg = config_mod.load({**base_env, **env})
     bus.ensure_topics(cfg)
-    procs = [start_function(name, **env) for name in ("send", "deliver", "retry", "dlq")]
-    for proc in procs:
-        wait_for(lambda: "partitions assigned" in proc.log(), timeout=60, what=f"{proc.name} to join its group")
-    return cfg, env, start_gateway(**env)
+    procs = {name: start_function(name, **env) for name in functions}
+    return cfg, env, procs, start_gateway(**env)
+
+
+def _send_during_outage(services, client, to_user_id, count: int, seconds: float) -> list[str]:
+    """Stop MariaDB, send ``count`` messages, wait ``seconds``, start it again; the msg_ids."""
+    ids = [mid() for _ in range(count)]
+    services("stop", "mariadb")
+    try:
+        for i, msg in enumerate(ids):
+            client.send("send", {"msg_id": msg, "to_user_id": to_user_id, "content": f"outage {i}"})
+        time.sleep(seconds)
+    finally:
+        services("start", "mariadb")
+    return ids
 
 
 def _stored(msg_ids) -> list[Message]:
@@ -49,18 +60,11 @@ def _assert_once_gap_free(rows, expected_ids):
 
 def test_short_database_outage_is_absorbed_by_retries(cfg, base_env, start_function, start_gateway, services):
     # Budget 1 + 2 + 4 + 8 = 15 s of retries; the outage lasts about 3 s.
-    scen_cfg, _, gw = _scenario(base_env, start_function, start_gateway, RETRY_MAX_ATTEMPTS="4",
-                                RETRY_INITIAL_BACKOFF_MS="1000", RETRY_MULTIPLIER="2")
+    scen_cfg, _, _, gw = _scenario(base_env, start_function, start_gateway, RETRY_MAX_ATTEMPTS="4",
+                                   RETRY_INITIAL_BACKOFF_MS="1000", RETRY_MULTIPLIER="2")
     alice, bob = make_users(cfg, 2)
     a, b = Client(gw, alice), Client(gw, bob)
-    ids = [mid() for _ in range(20)]
-    services("stop", "mariadb")
-    try:
-        for i, msg in enumerate(ids):
-            a.send("send", {"msg_id": msg, "to_user_id": bob.id, "content": f"outage {i}"})
-        time.sleep(2)
-    finally:
-        services("start", "mariadb")
+    ids = _send_during_outage(services, a, bob.id, count=20, seconds=2)
     acks = {a.expect("message_ack", timeout=60)["msg_id"] for _ in ids}
     assert acks == set(ids)
     got = {b.expect("message", timeout=60)["msg_id"] for _ in ids}
@@ -74,18 +78,11 @@ def test_short_database_outage_is_absorbed_by_retries(cfg, base_env, start_funct
 def test_long_outage_dead_letters_then_replay_stores_each_once(cfg, base_env, start_function, start_gateway,
                                                                services):
     # Budget 200 + 400 + 800 ms: a 5 s outage exhausts it.
-    scen_cfg, env, gw = _scenario(base_env, start_function, start_gateway, RETRY_MAX_ATTEMPTS="3",
-                                  RETRY_INITIAL_BACKOFF_MS="200", RETRY_MULTIPLIER="2")
+    scen_cfg, env, _, gw = _scenario(base_env, start_function, start_gateway, RETRY_MAX_ATTEMPTS="3",
+                                     RETRY_INITIAL_BACKOFF_MS="200", RETRY_MULTIPLIER="2")
     alice, bob = make_users(cfg, 2)
     a = Client(gw, alice)
-    ids = [mid() for _ in range(5)]
-    services("stop", "mariadb")
-    try:
-        for i, msg in enumerate(ids):
-            a.send("send", {"msg_id": msg, "to_user_id": bob.id, "content": f"lost? {i}"})
-        time.sleep(5)
-    finally:
-        services("start", "mariadb")
+    ids = _send_during_outage(services, a, bob.id, count=5, seconds=5)
 
     send_topic = scen_cfg.topic("send")
 
@@ -149,20 +146,13 @@ def _load(base_env, env, gw, out, rate=150, duration=12, pairs=5):
                             text=True)
 
 
-def _chaos_scenario(base_env, start_function, start_gateway):
-    namespace = f"c{uuid.uuid4().hex[:8]}"
-    env = {"PINGME_NAMESPACE": namespace}
-    bus.ensure_topics(config_mod.load({**base_env, **env}))
-    procs = {name: start_function(name, **env) for name in ("register", "login", "send", "deliver", "retry", "dlq")}
-    for proc in procs.values():
-        wait_for(lambda: "partitions assigned" in proc.log(), timeout=60, what=f"{proc.name} to join its group")
-    return env, procs, start_gateway(**env)
+CHAT = ("register", "login", "send", "deliver", "retry", "dlq")
 
 
 def test_killing_send_and_deliver_workers_loses_nothing(base_env, start_function, start_gateway, tmp_path):
     import signal
 
-    env, procs, gw = _chaos_scenario(base_env, start_function, start_gateway)
+    _, env, procs, gw = _scenario(base_env, start_function, start_gateway, CHAT)
     out = tmp_path / "chaos.json"
     load = _load(base_env, env, gw, out)
     kills = 0
@@ -171,7 +161,7 @@ def test_killing_send_and_deliver_workers_loses_nothing(base_env, start_function
         name = ("send", "deliver")[kills % 2]
         procs[name].signal(signal.SIGKILL)
         procs[name].popen.wait()
-        procs[name] = start_function(name, **env)
+        procs[name] = start_function(name, ready=False, **env)
         kills += 1
         time.sleep(1.5)
     output, _ = load.communicate(timeout=180)
@@ -185,7 +175,7 @@ def test_killing_send_and_deliver_workers_loses_nothing(base_env, start_function
 
 def test_kafka_broker_restart_loses_no_acknowledged_message(base_env, start_function, start_gateway, services,
                                                             tmp_path):
-    env, _, gw = _chaos_scenario(base_env, start_function, start_gateway)
+    _, env, _, gw = _scenario(base_env, start_function, start_gateway, CHAT)
     out = tmp_path / "restart.json"
     load = _load(base_env, env, gw, out, duration=14)
     time.sleep(6)

@@ -398,7 +398,7 @@ def test_send_worker_killed_mid_batch_stores_each_message_once_gap_free(cfg, sys
             sent.append(event["msg_id"])
             producer.send(cfg.topic("send"), key=f"p{min(sender.id, recipient.id)}:{max(sender.id, recipient.id)}".encode(),
                           value=bus.encode(event))
-    victim = start_function("send")
+    victim = start_function("send", ready=False)
     producer.flush()
     producer.close()
 
@@ -408,7 +408,7 @@ def test_send_worker_killed_mid_batch_stores_each_message_once_gap_free(cfg, sys
     wait_for(lambda: count() >= 100, timeout=60, what="messages to flow")
     victim.signal(signal.SIGKILL)
     victim.popen.wait()
-    start_function("send")
+    start_function("send", ready=False)
     wait_for(lambda: count() == len(sent), timeout=120, what=f"all {len(sent)} messages stored")
     with db.connection_context():
         rows = list(Message.select().where(Message.msg_id.in_(sent)))

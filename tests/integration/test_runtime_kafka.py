@@ -94,14 +94,14 @@ def test_worker_killed_mid_batch_loses_nothing_and_stores_nothing_twice(
         producer.send(cfg.topic("register"), key=request["request_id"].encode(), value=bus.encode(request))
     producer.flush()
 
-    worker = start_function("register")
+    worker = start_function("register", ready=False)
     wait_for(lambda: _users(prefix) >= 100, timeout=60, what="the worker to get going")
     worker.signal(signal.SIGKILL)
     worker.popen.wait()
     killed_at = _users(prefix)
     assert killed_at < total, "the worker finished before it was killed; raise `total`"
 
-    start_function("register")
+    start_function("register", ready=False)
     wait_for(lambda: _users(prefix) == total, timeout=120, what=f"all {total} users")
     got = wait_for(lambda: len({r["request_id"] for r in replies()}) == total and replies(),
                    timeout=60, what="a reply to every request")
@@ -112,7 +112,6 @@ def test_worker_killed_mid_batch_loses_nothing_and_stores_nothing_twice(
 
 def test_sigterm_drains_and_exits_zero(cfg, producer, replies, start_function):
     worker = start_function("register")
-    wait_for(lambda: "consuming" in worker.log(), timeout=30, what="the worker to start consuming")
     prefix = "s" + uuid.uuid4().hex[:6]
     request = _register_request(replies.channel, prefix)
     producer.send(cfg.topic("register"), value=bus.encode(request))
