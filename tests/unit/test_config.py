@@ -92,3 +92,8 @@ def _write(tmp_path, text):
     path = tmp_path / "conf.yml"
     path.write_text(text)
     return path
+
+
+def test_readme_configuration_table_matches_the_code():
+    readme = (config.REPO_ROOT / "README.md").read_text()
+    assert config.markdown_table() in readme, "regenerate it: python -m common.config --markdown"
