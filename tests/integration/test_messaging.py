@@ -14,6 +14,7 @@ import simple_websocket
 from common import auth
 from common.models import Message, User, db
 
+from tests import wsclient
 from tests.integration.conftest import wait_for
 
 
@@ -38,7 +39,7 @@ class Client:
     def __init__(self, api, user: User_, token_in_query: bool = True):
         url = api.base.replace("http://", "ws://") + "/ws"
         self.user = user
-        self.ws = simple_websocket.Client.connect(url + (f"?token={user.token}" if token_in_query else ""))
+        self.ws = wsclient.connect(url + (f"?token={user.token}" if token_in_query else ""))
         self.frames: queue.Queue = queue.Queue()
         self.seen: list[dict] = []
         if not token_in_query:

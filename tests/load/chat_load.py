@@ -26,6 +26,8 @@ from pathlib import Path  # noqa: E402
 import gevent  # noqa: E402
 import simple_websocket  # noqa: E402
 
+from tests import wsclient  # noqa: E402
+
 
 def post(url: str, body: dict, token: str | None = None) -> dict:
     headers = {"Content-Type": "application/json"}
@@ -54,7 +56,7 @@ class Peer:
         self.user_id, self.token, self.ws_url = user_id, token, ws_url
         self.acks, self.received = acks, received
         self.duplicates = 0  # pushes of a msg_id this peer already had (allowed: at-least-once)
-        self.ws = simple_websocket.Client.connect(f"{ws_url}?token={token}")
+        self.ws = wsclient.connect(f"{ws_url}?token={token}")
         first = json.loads(self.ws.receive(timeout=10))
         assert first["type"] == "auth_ok", first
         self.errors: list[dict] = []
@@ -92,7 +94,7 @@ class Peer:
 
 def sync_all(ws_url: str, token: str, conversation_id: int) -> list[dict]:
     """Every message of a conversation, paged through ``sync`` on a fresh connection."""
-    ws = simple_websocket.Client.connect(f"{ws_url}?token={token}")
+    ws = wsclient.connect(f"{ws_url}?token={token}")
     json.loads(ws.receive(timeout=10))
     messages, after = [], 0
     while True:
