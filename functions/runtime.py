@@ -37,7 +37,7 @@ from typing import Any, Callable, Union
 import peewee as pw
 import redis
 from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata, TopicPartition
+from kafka.structs import OffsetAndMetadata
 
 from common import bus
 from common.config import Config
