@@ -42,7 +42,7 @@ class Gateway:
 
     @classmethod
     def connect(cls, cfg: Config) -> "Gateway":
-        redis_client = bus.make_redis(cfg)
+        redis_client = bus.make_redis(cfg, max_connections=64)  # +1 held by the inbox subscription
         inbox = Inbox(redis_client, bus.gateway_channel(cfg, cfg.app.gateway_id))
         # A request never waits on Kafka metadata longer than it would wait for its reply.
         producer = bus.make_producer(cfg, max_block_ms=cfg.kafka.request_timeout_ms)
