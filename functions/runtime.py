@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any, Callable, Union
 
@@ -259,23 +259,14 @@ class Worker:
     # -- one record -------------------------------------------------------------------------
     def process(self, record) -> list[Output]:
         headers = bus.headers_to_dict(record.headers)
-        if self.raw_events:
-            value = record.value
-        else:
-            try:
-                value = bus.decode(record.value)
-            except ValueError as exc:
-                logger.warning("function %s undecodable record %s/%d@%d code=%d: %s", self.name,
-                               record.topic, record.partition, record.offset,
-                               Code.UNMARSHAL_FAILED, exc)
-                if not self.config.kafka.enable_dlq:
-                    return []
-                return [dead_letter(record.topic, record.partition, record.offset, record.key,
-                                    record.value, headers, Code.UNMARSHAL_FAILED,
-                                    _error_text(exc), now_ms(), self.config)]
-        event = Event(record.topic, record.partition, record.offset, record.key, value,
+        event = Event(record.topic, record.partition, record.offset, record.key, record.value,
                       record.value, headers, record.timestamp)
         try:
+            if not self.raw_events:
+                try:
+                    event = replace(event, value=bus.decode(record.value))
+                except ValueError as exc:
+                    raise Invalid(Code.UNMARSHAL_FAILED, _error_text(exc)) from None
             return list(self.module.handle(event, self.ctx) or ())
         except Invalid as exc:
             code, error, permanent = exc.code, str(exc), True

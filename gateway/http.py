@@ -103,15 +103,16 @@ def version():
 
 @bp.post("/api/v1/auth/register")
 def register():
-    accounts.validate_registration(_json_body())  # answer bad input at once, without the pipeline
-    user = _gateway().call("register", _json_body())
-    return envelope(user, status=201)
+    body = _json_body()
+    accounts.validate_registration(body)  # answer bad input at once, without the pipeline
+    return envelope(_gateway().call("register", body), status=201)
 
 
 @bp.post("/api/v1/auth/login")
 def login():
-    accounts.validate_login(_json_body())
-    return envelope(_gateway().call("login", _json_body()))
+    body = _json_body()
+    accounts.validate_login(body)
+    return envelope(_gateway().call("login", body))
 
 
 @bp.get("/api/v1/user/profile")
