@@ -139,6 +139,16 @@ def member_ids(conversation_id: int) -> list[int]:
     return [m.user_id for m in Member.select(Member.user_id).where(Member.conversation_id == conversation_id)]
 
 
+def members_of(conversation_ids) -> dict[int, list[int]]:
+    """``{conversation_id: [user_id, ...]}`` for many conversations in one query."""
+    members: dict[int, list[int]] = {cid: [] for cid in conversation_ids}
+    if members:
+        for cid, uid in (Member.select(Member.conversation_id, Member.user_id)
+                         .where(Member.conversation_id.in_(list(members))).tuples()):
+            members[cid].append(uid)
+    return members
+
+
 def contact_ids(user_id: int) -> list[int]:
     """Everyone who shares a conversation with ``user_id`` (who watches their presence)."""
     mine = Member.select(Member.conversation_id).where(Member.user_id == user_id)
@@ -176,6 +186,88 @@ def store_message(conv: Conversation, msg_id: str, sender_id: int, content_type:
     if existing.sender_id != sender_id or existing.conversation_id != conv.id:
         raise AppError(Code.CONFLICT, "msg_id already used for another message", field="msg_id")
     return Stored(existing, conv, False)
+
+
+def store_messages(sends: list[tuple[int, dict]]) -> list[Stored | AppError]:
+    """Authorize and store a batch of validated sends ``(sender_id, fields)``, in order.
+
+    The batch form of :func:`conversation_for_send` + :func:`store_message` with the same results,
+    in a fixed number of statements: the messages of a batch get consecutive seqs per conversation
+    in one transaction. A conflict with a concurrent writer raises ``IntegrityError`` (nothing is
+    stored; the caller stores them one by one).
+    """
+    results: list[Stored | AppError | None] = [None] * len(sends)
+    convs = _send_conversations(sends, results)
+    ids = [fields["msg_id"] for (_, fields), r in zip(sends, results) if r is None]
+    known = {m.msg_id: m for m in Message.select().where(Message.msg_id.in_(ids))} if ids else {}
+    new: list[tuple[int, Message]] = []
+    for i, ((sender_id, fields), conv) in enumerate(zip(sends, convs)):
+        if results[i] is not None:
+            continue
+        existing = known.get(fields["msg_id"])
+        if existing is None:
+            message = Message(msg_id=fields["msg_id"], conversation_id=conv.id, sender_id=sender_id,
+                              content_type=fields["content_type"], content=fields["content"],
+                              created_at=now_ms())
+            known[message.msg_id] = message
+            new.append((i, message))
+            results[i] = Stored(message, conv, True)
+        elif existing.sender_id != sender_id or existing.conversation_id != conv.id:
+            results[i] = AppError(Code.CONFLICT, "msg_id already used for another message", field="msg_id")
+        else:
+            results[i] = Stored(existing, conv, False)
+    if new:
+        counts: dict[int, int] = {}
+        for _, message in new:
+            counts[message.conversation_id] = counts.get(message.conversation_id, 0) + 1
+        with db.atomic():
+            conv_ids = sorted(counts)
+            (Conversation.update(last_seq=Conversation.last_seq + pw.Case(Conversation.id, list(counts.items())))
+             .where(Conversation.id.in_(conv_ids)).execute())
+            last = dict(Conversation.select(Conversation.id, Conversation.last_seq)
+                        .where(Conversation.id.in_(conv_ids)).tuples())
+            next_seq = {cid: last[cid] - counts[cid] + 1 for cid in conv_ids}
+            for _, message in new:
+                message.seq = next_seq[message.conversation_id]
+                next_seq[message.conversation_id] += 1
+            rows = [message.__data__ for _, message in new]
+            for start in range(0, len(rows), 500):
+                Message.insert_many(rows[start:start + 500]).execute()
+    return results
+
+
+def _send_conversations(sends, results) -> list[Conversation | None]:
+    """The conversation of each send (one query per kind); errors go into ``results``."""
+    pairs = {f"{min(s, f['to_user_id'])}:{max(s, f['to_user_id'])}" for s, f in sends if f["group_id"] is None}
+    by_key = {c.private_key: c for c in Conversation.select().where(Conversation.private_key.in_(pairs))} if pairs else {}
+    group_ids = {f["group_id"] for _, f in sends if f["group_id"] is not None}
+    groups, members = {}, set()
+    if group_ids:
+        groups = {c.id: c for c in Conversation.select().where(
+            Conversation.id.in_(group_ids) & (Conversation.type == Conversation.GROUP))}
+        senders = {s for s, f in sends if f["group_id"] is not None}
+        members = set(Member.select(Member.conversation_id, Member.user_id).where(
+            Member.conversation_id.in_(list(groups) or [0]) & Member.user_id.in_(senders)).tuples())
+    convs: list[Conversation | None] = []
+    for i, (sender_id, fields) in enumerate(sends):
+        conv = None
+        try:
+            group_id, to_user_id = fields["group_id"], fields["to_user_id"]
+            if group_id is not None:
+                conv = groups.get(group_id)
+                if conv is None:
+                    raise AppError(Code.GROUP_NOT_FOUND)
+                if (group_id, sender_id) not in members:
+                    raise AppError(Code.NOT_GROUP_MEMBER)
+            else:
+                conv = by_key.get(f"{min(sender_id, to_user_id)}:{max(sender_id, to_user_id)}")
+                if conv is None:  # a first message (or a bad recipient): the single-send path
+                    conv = conversation_for_send(sender_id, to_user_id, None)
+                    by_key[conv.private_key] = conv
+        except AppError as exc:
+            results[i], conv = exc, None
+        convs.append(conv)
+    return convs
 
 
 def message_view(message: Message, conv: Conversation) -> dict:

@@ -7,12 +7,16 @@ Input: topic ``<ns>.deliver``, key = conversation id (or user id for presence). 
   * ``ack`` ``{conversation_id, user_id, seq, ack_type}``: moves the member's cursor forward; a read
     that moved it is sent to the other members as a ``receipt``;
   * ``presence`` ``{user_id, online, last_seen}``: to everyone who shares a conversation with them.
-Output: on each gateway's channel, ``{type: "push", conns: [conn_id, ...], frame}``. Nothing is
+Output: on each gateway's channel, ``{type: "push", conns: [conn_id, ...], text}`` where ``text``
+is the frame, JSON-encoded once for all its recipients. Nothing is
 broadcast to gateways without recipients. Push is a hint: clients that miss it catch up by seq sync.
+A poll's events share one membership query and one presence lookup (``handle_batch``).
 Idempotency: a redelivered event pushes the same frame again (clients dedupe by msg_id / seq);
 cursors only move forward. Errors: an unknown kind or shape is invalid (50002, DLQ); Redis or
 database outages are retried.
 """
+import json
+
 from common import bus, chat, presence
 from common.errors import AppError, Code
 from functions.runtime import Invalid, Publish
@@ -27,16 +31,17 @@ def _fields(e: dict, *names):
     return values
 
 
-def plan(e: dict) -> tuple[list[int], dict | None, str | None]:
+def plan(e: dict, members: dict[int, list[int]] | None = None) -> tuple[list[int], dict | None, str | None]:
     """Recipients, frame and the connection to skip for one deliver event (database reads only,
-    plus the cursor move of an ack)."""
+    plus the cursor move of an ack). ``members``: conversation members already read, if any."""
     kind = e.get("kind")
     if kind == "message":
         message = e.get("message")
         if not isinstance(message, dict):
             raise Invalid(Code.UNMARSHAL_FAILED, "message event without message")
         (conversation_id,) = _fields(message, "conversation_id")
-        recipients = chat.member_ids(conversation_id) + list(e.get("also_notify") or [])
+        known = (members or {}).get(conversation_id)
+        recipients = (chat.member_ids(conversation_id) if known is None else known) + list(e.get("also_notify") or [])
         return recipients, {"type": "message", "payload": message}, e.get("origin_conn")
     if kind in ("typing", "ack"):
         conversation_id, user_id = _fields(e, "conversation_id", "user_id")
@@ -61,10 +66,32 @@ def plan(e: dict) -> tuple[list[int], dict | None, str | None]:
     raise Invalid(Code.UNMARSHAL_FAILED, f"unknown deliver kind {kind!r}")
 
 
+def pushes(plans: list[tuple[list[int], dict | None, str | None]], ctx) -> list[list[Publish]]:
+    """The publishes of each plan, with one presence lookup for all their recipients."""
+    everyone = [user_id for recipients, _, _ in plans for user_id in recipients]
+    online = presence.lookup(ctx.redis, ctx.config, everyone, ctx.now_ms()) if everyone else {}
+    results = []
+    for recipients, frame, skip_conn in plans:
+        connections = {u: online[u] for u in recipients if u in online}
+        text = json.dumps(frame, separators=(",", ":"), ensure_ascii=False) if connections else ""
+        results.append([Publish(bus.gateway_channel(ctx.config, gateway_id), {"type": "push", "conns": conns, "text": text})
+                        for gateway_id, conns in presence.group_by_gateway(connections, skip_conn).items()])
+    return results
+
+
 def handle(event, ctx):
-    recipients, frame, skip_conn = plan(event.value)
-    if not recipients:
-        return []
-    connections = presence.lookup(ctx.redis, ctx.config, recipients, ctx.now_ms())
-    return [Publish(bus.gateway_channel(ctx.config, gateway_id), {"type": "push", "conns": conns, "frame": frame})
-            for gateway_id, conns in presence.group_by_gateway(connections, skip_conn).items()]
+    return pushes([plan(event.value)], ctx)[0]
+
+
+def handle_batch(events, ctx):
+    conversation_ids = {e.value["message"].get("conversation_id") for e in events
+                        if e.value.get("kind") == "message" and isinstance(e.value.get("message"), dict)}
+    members = chat.members_of([c for c in conversation_ids if isinstance(c, int)])
+    plans: list = []
+    for event in events:
+        try:
+            plans.append(plan(event.value, members))
+        except Invalid:
+            plans.append(None)  # left to handle(), which dead-letters it
+    published = iter(pushes([p for p in plans if p is not None], ctx))
+    return [None if p is None else next(published) for p in plans]

@@ -21,6 +21,13 @@ Contract:
 * A worker keeps one database connection (Peewee opens it on first use); a database error hands it
   back to the pool, which pings it before the next event uses it, so a restarted database heals.
 
+* **Batches.** A function may also define ``handle_batch(events, ctx)``: called with every decoded
+  event of a poll, it returns one list of outputs per event, or ``None`` for an event it leaves to
+  ``handle`` (only events whose handling does not depend on their order among the others, such as
+  invalid ones). If it raises, the whole poll is processed one event at a time through ``handle``,
+  so a batch is only ever an optimisation of the per-event contract.
+* Publishes of a batch to one channel travel as one Redis message ``{type: "batch", items: [...]}``.
+
 Optional module attributes of a function: ``RAW = True`` (the event's ``value`` stays undecoded
 bytes), ``ROUTE_FAILURES = False`` (see above), ``REDACT = ("password",)`` (fields blanked before an
 event is handed to the DLQ), ``MAX_RECORDS`` (poll batch size).
@@ -189,6 +196,18 @@ def redact(raw: bytes | None, fields: tuple[str, ...]) -> bytes | None:
     return bus.encode(value)
 
 
+def _by_channel(publishes: list[Publish]) -> dict[str, list]:
+    channels: dict[str, list] = {}
+    for out in publishes:
+        channels.setdefault(out.channel, []).append(out.value)
+    return channels
+
+
+def _record_event(record) -> Event:
+    return Event(record.topic, record.partition, record.offset, record.key, record.value,
+                 record.value, bus.headers_to_dict(record.headers), record.timestamp)
+
+
 class Worker:
     """Runs one function as a member of its consumer group."""
 
@@ -233,11 +252,7 @@ class Worker:
         if not batch:
             return 0
         try:
-            outputs: list[Output] = []
-            for records in batch.values():
-                for record in records:
-                    outputs.extend(self.process(record))
-            self.emit(outputs)
+            self.emit(self.process_all([record for records in batch.values() for record in records]))
         except (OutputFailure, Transient) as exc:
             self._rewind(batch, exc.code, _error_text(exc))
             return 0
@@ -256,17 +271,51 @@ class Worker:
         self._blocked = 0
         return sum(len(records) for records in batch.values())
 
-    # -- one record -------------------------------------------------------------------------
-    def process(self, record) -> list[Output]:
-        headers = bus.headers_to_dict(record.headers)
-        event = Event(record.topic, record.partition, record.offset, record.key, record.value,
-                      record.value, headers, record.timestamp)
+    # -- records ----------------------------------------------------------------------------
+    def process_all(self, records: list) -> list[Output]:
+        """The outputs of a poll's records, in record order."""
+        handle_batch = getattr(self.module, "handle_batch", None)
+        if handle_batch is None or len(records) < 2:
+            return [out for record in records for out in self.process(record)]
+        results: list[list[Output] | None] = [None] * len(records)
+        decoded = []
+        for i, record in enumerate(records):
+            try:
+                decoded.append((i, self.event(record)))
+            except Invalid:
+                pass  # process() routes it
         try:
-            if not self.raw_events:
-                try:
-                    event = replace(event, value=bus.decode(record.value))
-                except ValueError as exc:
-                    raise Invalid(Code.UNMARSHAL_FAILED, _error_text(exc)) from None
+            handled = list(handle_batch([event for _, event in decoded], self.ctx))
+            if len(handled) != len(decoded):
+                raise RuntimeError(f"handle_batch returned {len(handled)} results for {len(decoded)} events")
+        except Exception as exc:
+            if isinstance(exc, (pw.OperationalError, pw.InterfaceError)):
+                db.close()
+            logger.warning("function %s batch of %d failed (%s); processing one by one", self.name,
+                           len(decoded), _error_text(exc))
+            handled = [None] * len(decoded)
+        for (i, _), outputs in zip(decoded, handled):
+            results[i] = outputs
+        return [out for record, outputs in zip(records, results)
+                for out in (self.process(record) if outputs is None else outputs)]
+
+    def event(self, record) -> Event:
+        """The handler's view of a record; Invalid (50002) when its value is not JSON."""
+        return self._decoded(_record_event(record))
+
+    def _decoded(self, event: Event) -> Event:
+        if self.raw_events:
+            return event
+        try:
+            return replace(event, value=bus.decode(event.raw))
+        except ValueError as exc:
+            raise Invalid(Code.UNMARSHAL_FAILED, _error_text(exc)) from None
+
+    def process(self, record) -> list[Output]:
+        """One record through ``handle``, its failures routed to the retry topic or the DLQ."""
+        event = _record_event(record)
+        try:
+            event = self._decoded(event)
             return list(self.module.handle(event, self.ctx) or ())
         except Invalid as exc:
             code, error, permanent = exc.code, str(exc), True
@@ -318,8 +367,9 @@ class Worker:
         if publishes:
             try:
                 pipe = self.redis.pipeline(transaction=False)
-                for out in publishes:
-                    pipe.publish(out.channel, bus.encode(out.value))
+                for channel, values in _by_channel(publishes).items():
+                    pipe.publish(channel, bus.encode(values[0] if len(values) == 1
+                                                     else {"type": "batch", "items": values}))
                 pipe.execute()
             except Exception as exc:  # redis.RedisError and socket errors alike
                 raise OutputFailure(Code.CACHE_ERROR, _error_text(exc)) from exc

@@ -7,6 +7,8 @@ Outputs, only after the message is stored with its seq:
   * ``<ns>.deliver`` ``{kind: "message", message, origin_conn}``, key = conversation id;
   * on the sender's gateway channel ``reply_to``: ``{type: "ack", ok: true, data: {msg_id,
     conversation_id, seq, server_ts}, conn_id | request_id}``.
+A poll's sends are stored together (``handle_batch``: one transaction, a fixed number of
+statements), with the same outputs as one by one.
 Idempotency: ``msg_id``. A resent or redelivered message is stored once and re-emits the same ack
 and deliver event (same seq), so a crash between the commit and the produce heals itself.
 Errors answered to the sender as ``{type: "error", ok: false, error: {code, message, ref}}``:
@@ -25,19 +27,47 @@ def reply(event_value: dict, body: dict) -> Publish:
     return Publish(event_value["reply_to"], {**body, **ref})
 
 
+def _check(e: dict) -> None:
+    if not isinstance(e.get("sender_id"), int) or not isinstance(e.get("reply_to"), str):
+        raise Invalid(Code.UNMARSHAL_FAILED, "send event without sender_id or reply_to")
+
+
+def _outputs(e: dict, result, ctx) -> list:
+    if isinstance(result, AppError):
+        return [reply(e, {"type": "error", "ok": False, "error": {**result.to_dict(), "ref": e.get("msg_id")}})]
+    deliver = {"kind": "message", "message": chat.message_view(result.message, result.conversation),
+               "origin_conn": e.get("conn_id")}
+    return [Emit(ctx.topic("deliver"), deliver, key=str(result.conversation.id)),
+            reply(e, {"type": "ack", "ok": True, "data": chat.ack_view(result.message)})]
+
+
 def handle(event, ctx):
     e = event.value
-    sender_id, reply_to = e.get("sender_id"), e.get("reply_to")
-    if not isinstance(sender_id, int) or not isinstance(reply_to, str):
-        raise Invalid(Code.UNMARSHAL_FAILED, "send event without sender_id or reply_to")
+    _check(e)
     try:
         fields = chat.validate_send(e)
-        conv = chat.conversation_for_send(sender_id, fields["to_user_id"], fields["group_id"])
-        stored = chat.store_message(conv, fields["msg_id"], sender_id, fields["content_type"],
+        conv = chat.conversation_for_send(e["sender_id"], fields["to_user_id"], fields["group_id"])
+        result = chat.store_message(conv, fields["msg_id"], e["sender_id"], fields["content_type"],
                                     fields["content"])
     except AppError as exc:
-        return [reply(e, {"type": "error", "ok": False, "error": {**exc.to_dict(), "ref": e.get("msg_id")}})]
-    deliver = {"kind": "message", "message": chat.message_view(stored.message, conv),
-               "origin_conn": e.get("conn_id")}
-    return [Emit(ctx.topic("deliver"), deliver, key=str(conv.id)),
-            reply(e, {"type": "ack", "ok": True, "data": chat.ack_view(stored.message)})]
+        result = exc
+    return _outputs(e, result, ctx)
+
+
+def handle_batch(events, ctx):
+    """A poll's sends stored in one transaction (see chat.store_messages); same outputs as handle."""
+    results: list = [None] * len(events)
+    sends, positions = [], []
+    for i, event in enumerate(events):
+        e = event.value
+        try:
+            _check(e)
+            sends.append((e["sender_id"], chat.validate_send(e)))
+            positions.append(i)
+        except Invalid:
+            continue  # left to handle(), which dead-letters it
+        except AppError as exc:
+            results[i] = _outputs(e, exc, ctx)
+    for i, result in zip(positions, chat.store_messages(sends) if sends else ()):
+        results[i] = _outputs(events[i].value, result, ctx)
+    return results

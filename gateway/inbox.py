@@ -48,6 +48,10 @@ class Inbox:
         self._waiters.pop(request_id, None)
 
     def dispatch(self, message: dict) -> None:
+        if message.get("type") == "batch":  # a function's publishes of one poll, in order
+            for item in message.get("items") or ():
+                self.dispatch(item)
+            return
         request_id = message.get("request_id")
         if request_id is not None:
             waiter = self._waiters.pop(request_id, None)

@@ -166,7 +166,7 @@ class Hub:
         """A message on this gateway's channel that is not a reply to a waiting HTTP request."""
         kind = message.get("type")
         if kind == "push":
-            text = json.dumps(message.get("frame"), separators=(",", ":"), ensure_ascii=False)
+            text = message.get("text") or ""
             for conn_id in message.get("conns") or ():
                 conn = self.conns.get(conn_id)
                 if conn is not None:

@@ -147,7 +147,9 @@ def test_poison_record_goes_to_dlq_and_the_good_ones_behind_it_are_processed():
     assert topics == ["t.deliver", "t.dlq", "t.deliver"]
     dlq = worker.producer.sent[1]
     assert dlq[1] == b"\xffnot json" and dlq[3][bus.H_ERROR_CODE] == b"50002"
-    assert len(worker.redis.published) == 2
+    # Both publishes to the gateway's channel travel as one Redis message, in order.
+    assert [(channel, bus.decode(value)) for channel, value in worker.redis.published] == [
+        ("t:gw:g1", {"type": "batch", "items": [{"n": 0}, {"n": 2}]})]
     assert worker.consumer.committed == [{TP: 3}]
 
 
@@ -194,3 +196,36 @@ def test_redis_failure_blocks_the_batch():
     worker.redis = DownRedis()
     assert worker.run_once() == 0
     assert worker.consumer.committed == [] and worker.consumer.seeks == [(TP, 0)]
+
+
+def test_batch_handler_outputs_keep_record_order_and_leave_the_rest_to_handle():
+    calls = []
+
+    def handle(event, ctx):
+        calls.append(("one", event.value["n"]))
+        raise Invalid(Code.UNMARSHAL_FAILED, "bad")
+
+    def handle_batch(events, ctx):
+        calls.append(("batch", [e.value["n"] for e in events]))
+        return [None if e.value.get("bad") else [Emit("t.deliver", {"n": e.value["n"]})] for e in events]
+
+    batch = {TP: [_rec(0, b'{"n":0}'), _rec(1, b"not json"), _rec(2, b'{"n":2,"bad":1}'), _rec(3, b'{"n":3}')]}
+    worker = _worker(handle, [batch], handle_batch=handle_batch)
+    assert worker.run_once() == 4
+    assert calls == [("batch", [0, 2, 3]), ("one", 2)]
+    assert [(topic, value) for topic, value, _, _ in worker.producer.sent] == [
+        ("t.deliver", b'{"n":0}'), ("t.dlq", b"not json"), ("t.dlq", b'{"n":2,"bad":1}'),
+        ("t.deliver", b'{"n":3}')]
+    assert worker.consumer.committed == [{TP: 4}]
+
+
+def test_failed_batch_is_processed_one_event_at_a_time():
+    def handle_batch(events, ctx):
+        raise KeyError("bug in the batch path")
+
+    def handle(event, ctx):
+        return [Emit("t.deliver", {"n": event.value["n"]})]
+
+    worker = _worker(handle, [{TP: [_rec(0, b'{"n":0}'), _rec(1, b'{"n":1}')]}], handle_batch=handle_batch)
+    assert worker.run_once() == 2
+    assert [value for _, value, _, _ in worker.producer.sent] == [b'{"n":0}', b'{"n":1}']

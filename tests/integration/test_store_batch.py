@@ -1,0 +1,64 @@
+"""The send function's batch store on MariaDB: the same results as storing one by one."""
+import uuid
+
+from common import accounts, chat
+from common.errors import AppError, Code
+from common.models import Conversation, Message, db
+
+
+def _users(cfg, n):
+    tag = uuid.uuid4().hex[:6]
+    return [accounts.register(accounts.validate_registration({"username": f"sb{tag}{i}",
+                                                              "password": "batch-password"}), None, cfg).id
+            for i in range(n)]
+
+
+def _send(sender, msg_id, to=None, group=None, content="hi"):
+    payload = {"msg_id": msg_id, "content": content}
+    payload.update({"to_user_id": to} if to is not None else {"group_id": group})
+    return sender, chat.validate_send(payload)
+
+
+def test_batch_assigns_consecutive_seqs_and_answers_each_send_like_one_by_one(cfg):
+    with db.connection_context():
+        a, b, c, outsider = _users(cfg, 4)
+        group, _ = chat.create_group(a, "batch", [b, c])           # seq 1: group_created
+        known = chat.private_conversation(a, c)
+        chat.store_message(known, "sb-old", a, "text", "earlier")  # seq 1 of a↔c
+        m = uuid.uuid4().hex[:8]
+        sends = [
+            _send(a, f"{m}-1", to=b),            # first message of a↔b: conversation created
+            _send(b, f"{m}-2", to=a),
+            _send(a, f"{m}-3", group=group.id),
+            _send(a, "sb-old", to=c),            # a resend: same message, not stored again
+            _send(outsider, f"{m}-4", group=group.id),
+            _send(a, f"{m}-5", group=999999999),
+            _send(a, f"{m}-6", to=999999999),
+            _send(b, f"{m}-1", to=a),            # msg_id reused by another sender
+            _send(a, f"{m}-1", to=b),            # the same message twice in one batch
+            _send(c, f"{m}-7", group=group.id),
+            _send(a, f"{m}-8", to=a),            # to yourself
+        ]
+        results = chat.store_messages(sends)
+
+    def seq(i):
+        assert not isinstance(results[i], AppError), results[i]
+        return results[i].conversation.id, results[i].message.seq
+
+    pair = results[0].conversation
+    assert pair.private_key == f"{min(a, b)}:{max(a, b)}"
+    assert [seq(0), seq(1)] == [(pair.id, 1), (pair.id, 2)]
+    assert [seq(2), seq(9)] == [(group.id, 2), (group.id, 3)]
+    assert seq(3) == (known.id, 1) and results[3].created is False
+    assert seq(8) == (pair.id, 1) and results[8].created is False
+    codes = {i: results[i].code for i in (4, 5, 6, 7, 10)}
+    assert codes == {4: Code.NOT_GROUP_MEMBER, 5: Code.GROUP_NOT_FOUND, 6: Code.USER_NOT_FOUND,
+                     7: Code.CONFLICT, 10: Code.INVALID_PARAMS}
+    with db.connection_context():
+        stored = {(msg.conversation_id, msg.seq): msg.msg_id
+                  for msg in Message.select().where(Message.conversation_id.in_([pair.id, group.id, known.id]))}
+        assert Conversation.get_by_id(pair.id).last_seq == 2
+        assert Conversation.get_by_id(group.id).last_seq == 3
+    assert stored[(pair.id, 1)] == f"{m}-1" and stored[(pair.id, 2)] == f"{m}-2"
+    assert stored[(group.id, 2)] == f"{m}-3" and stored[(group.id, 3)] == f"{m}-7"
+    assert sorted(k for k in stored if k[0] == known.id) == [(known.id, 1)]
