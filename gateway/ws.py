@@ -1,26 +1,31 @@
 """The WebSocket endpoint ``/ws`` and this gateway's live connections.
 
-One connection = the route's receive loop + one writer with a bounded queue. Everything sent to a
-client goes through its queue, so a slow reader never blocks the inbox or other clients; a client
-whose queue fills is disconnected instead of growing memory. Frame logic lives in
-gateway/frames.py; this module is transport only.
+Writes never wait. Every frame of a connection goes through its :class:`Outbox`: the caller writes
+it at once when the kernel takes it whole (the common case: one ``send`` call, no queue, no
+greenlet); otherwise it, and every later frame, waits in a bounded backlog that one short-lived
+greenlet writes out in order. So a slow reader never blocks the inbox or other clients, and a
+client whose backlog fills is disconnected instead of growing memory. Data frames are framed here
+(server frames are unmasked, so a push to many connections is framed once) rather than by
+wsproto. Frame logic lives in gateway/frames.py; this module is transport only.
 
 Two simple-websocket 1.1.0 traps are handled by :class:`SafeServer`: its ``socket.send`` can write a
-partial frame to a slow reader (upstream issue #45), so every write is a locked ``sendall``; and a
-negotiated per-message deflate keeps a zlib context per socket (~90 KB), so compression is not
-offered (chat frames are small JSON).
+partial frame to a slow reader (upstream issue #45) — the outbox only ever writes whole frames in
+order; and a negotiated per-message deflate keeps a zlib context per socket (~90 KB), so
+compression is not offered (chat frames are small JSON).
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
-import queue
 import socket
+import struct
 import threading
 import time
 import uuid
 
 import flask_sock
+import gevent
 import simple_websocket
 from flask import current_app, request
 from wsproto.events import AcceptConnection
@@ -37,19 +42,70 @@ RECEIVE_POLL_S = 30
 CLOSE_AUTH_FAILED = 4001
 CLOSE_AUTH_TIMEOUT = 4002
 SERVER_OPTIONS = {"ping_interval": 25, "max_message_size": 64 * 1024}
+DEFAULT_BACKLOG = 256
 
 
-class _SendAllSocket:
-    """A socket whose ``send`` writes everything, one writer at a time."""
+def ws_frame(text: str | bytes) -> bytes:
+    """One unfragmented server-to-client text frame (RFC 6455 §5.2; servers do not mask)."""
+    payload = text.encode() if isinstance(text, str) else text
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x81, size)
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
 
-    def __init__(self, sock):
+
+class SlowReader(ConnectionError):
+    """The peer stopped reading and its backlog is full: the socket was shut down."""
+
+
+class Outbox:
+    """The socket every frame of one connection is written through: whole frames, in order,
+    without ever waiting (see the module docstring). Under gevent only: the direct write relies on
+    gevent's non-waiting ``send(..., timeout=0.0)`` and on greenlets not preempting each other."""
+
+    def __init__(self, sock, limit: int = DEFAULT_BACKLOG):
         self._sock = sock
-        self._lock = threading.Lock()
+        self.limit = limit
+        self._backlog: collections.deque[bytes] = collections.deque()
+        self._writer = None
 
-    def send(self, data):
-        with self._lock:
-            self._sock.sendall(data)
+    def send(self, data: bytes) -> int:
+        if self._writer is None:
+            try:
+                sent = self._sock.send(data, 0, timeout=0.0)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return sent
+            data = data[sent:]
+            self._writer = gevent.spawn(self._drain)
+        elif len(self._backlog) >= self.limit:
+            self.abort()
+            raise SlowReader(f"{len(self._backlog)} frames waiting")
+        self._backlog.append(data)
         return len(data)
+
+    def _drain(self) -> None:
+        try:
+            while self._backlog:
+                self._sock.sendall(self._backlog.popleft())
+        except OSError:
+            self._backlog.clear()
+        finally:
+            self._writer = None
+
+    def abort(self) -> None:
+        """Drop the connection at once, without the closing handshake a stuck reader cannot take:
+        the client sees it end (1006) and, on reconnecting, catches up by sync."""
+        self._backlog.clear()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # also wakes a writer blocked in sendall
+        except OSError:
+            pass
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
@@ -57,7 +113,7 @@ class _SendAllSocket:
 
 class SafeServer(simple_websocket.Server):
     def handshake(self):
-        self.sock = _SendAllSocket(self.sock)
+        self.sock = Outbox(self.sock)
         accept = self.ws.send
 
         def send_without_deflate(event):
@@ -79,64 +135,41 @@ def frame(kind: str, payload: dict) -> str:
 
 
 class Connection:
-    """One authenticated socket: ``push`` queues a frame, the writer sends it."""
+    """One authenticated socket of this gateway."""
 
-    def __init__(self, ws, user_id: int, limit: int, conn_id: str | None = None):
+    def __init__(self, ws, user_id: int, limit: int = DEFAULT_BACKLOG, conn_id: str | None = None):
         self.ws = ws
         self.user_id = user_id
         self.conn_id = conn_id or uuid.uuid4().hex[:16]
-        self._queue: queue.Queue = queue.Queue(maxsize=limit)
         self.closed = False
-        self._writer = threading.Thread(target=self._write, name=f"ws-writer-{self.conn_id}", daemon=True)
-        self._writer.start()
+        ws.sock.limit = limit
 
     def push(self, text: str) -> bool:
-        if self.closed:
+        return self.push_frame(ws_frame(text))
+
+    def push_frame(self, data: bytes) -> bool:
+        """Write (or queue) an already framed message; False when the connection is gone."""
+        if self.closed or not self.ws.connected:
             return False
         try:
-            self._queue.put_nowait(text)
+            self.ws.sock.send(data)
             return True
-        except queue.Full:
-            logger.warning("conn %s user %d too slow (%d frames queued); disconnecting",
-                           self.conn_id, self.user_id, self._queue.qsize())
-            self.abort()
-            return False
-
-    def abort(self) -> None:
-        """Drop the connection at once, without the closing handshake a stuck reader cannot take.
-
-        The client sees the connection end (1006) and, on reconnecting, catches up by sync.
-        """
-        self.closed = True
-        try:
-            self.ws.sock.shutdown(socket.SHUT_RDWR)  # wakes the writer blocked in sendall
+        except SlowReader as exc:
+            logger.warning("conn %s user %d too slow (%s); disconnecting", self.conn_id, self.user_id, exc)
         except OSError:
             pass
+        self.closed = True
+        return False
 
     def close(self, code: int = 1000, reason: str = "") -> None:
-        """Stop the writer and close with the WebSocket handshake (from the route only)."""
+        """Close with the WebSocket handshake (from the route only)."""
         if self.closed:
             return
         self.closed = True
         try:
-            self._queue.put_nowait(None)
-        except queue.Full:
-            pass
-        try:
             self.ws.close(reason=code, message=reason)
         except Exception:  # already closed by the peer
             pass
-
-    def _write(self) -> None:
-        while True:
-            text = self._queue.get()
-            if text is None or not self.ws.connected:
-                return
-            try:
-                self.ws.send(text)
-            except (simple_websocket.ConnectionClosed, OSError):
-                self.closed = True
-                return
 
 
 class Hub:
@@ -166,11 +199,11 @@ class Hub:
         """A message on this gateway's channel that is not a reply to a waiting HTTP request."""
         kind = message.get("type")
         if kind == "push":
-            text = message.get("text") or ""
+            data = ws_frame(message.get("text") or "")
             for conn_id in message.get("conns") or ():
                 conn = self.conns.get(conn_id)
                 if conn is not None:
-                    conn.push(text)
+                    conn.push_frame(data)
         elif kind in ("ack", "error") and message.get("conn_id"):
             conn = self.conns.get(message["conn_id"])
             if conn is not None:
