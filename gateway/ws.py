@@ -28,7 +28,9 @@ import flask_sock
 import gevent
 import simple_websocket
 from flask import current_app, request
-from wsproto.events import AcceptConnection
+from wsproto.events import AcceptConnection, Ping
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError
 
 from common import auth, presence
 from common.errors import AppError, Code
@@ -111,7 +113,26 @@ class Outbox:
         return getattr(self._sock, name)
 
 
+class _NotStarted:
+    """Stands in for simple-websocket's reader thread: :meth:`SafeServer.receive` reads in the
+    route's own greenlet instead, so an idle connection costs one greenlet, not two."""
+
+    name = "inline-reader"
+
+    def __init__(self, target=None):
+        pass
+
+    def start(self) -> None:
+        pass
+
+
 class SafeServer(simple_websocket.Server):
+    def __init__(self, environ, **options):
+        options.setdefault("thread_class", _NotStarted)
+        super().__init__(environ, **options)
+        self.environ = None  # the request keeps it; the connection does not need its own reference
+        self._next_ping = time.monotonic() + (self.ping_interval or 0)
+
     def handshake(self):
         self.sock = Outbox(self.sock)
         accept = self.ws.send
@@ -124,6 +145,44 @@ class SafeServer(simple_websocket.Server):
 
         self.ws.send = send_without_deflate
         super().handshake()
+
+    def receive(self, timeout=None):
+        """The next message, or None after ``timeout`` seconds; ConnectionClosed once closed.
+        Reads the socket itself, answers pings, and sends a ping every ``ping_interval`` (closing
+        with 1008 when the previous one got no pong), as simple-websocket's thread would."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.connected and not self.input_buffer:
+            now = time.monotonic()
+            if self.ping_interval and now >= self._next_ping:
+                self._ping()
+                continue
+            waits = [t - now for t in (deadline, self._next_ping if self.ping_interval else None) if t is not None]
+            if waits and min(waits) <= 0:
+                return None
+            with gevent.Timeout(min(waits) if waits else None, False):
+                try:
+                    data = self.sock.recv(self.receive_bytes)
+                    if not data:
+                        raise ConnectionResetError("end of stream")
+                    self.ws.receive_data(data)
+                    self.connected = self._handle_events()
+                except (OSError, LocalProtocolError):
+                    self.connected = False
+        if self.input_buffer:
+            return self.input_buffer.pop(0)
+        self.sock.close()
+        raise simple_websocket.ConnectionClosed(self.close_reason, self.close_message)
+
+    def _ping(self) -> None:
+        self._next_ping = time.monotonic() + self.ping_interval
+        if not self.pong_received:
+            self.close(reason=CloseReason.POLICY_VIOLATION, message="Ping/Pong timeout")
+            return
+        self.pong_received = False
+        try:
+            self.sock.send(self.ws.send(Ping()))
+        except OSError:
+            self.connected = False
 
 
 # flask-sock builds `Server(environ, **SOCK_SERVER_OPTIONS)` from its module namespace.
