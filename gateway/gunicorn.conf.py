@@ -1,7 +1,21 @@
 """gunicorn settings for the gateway, read from the same configuration as everything else."""
+import resource
+
 from common import config as _config
 
 _cfg = _config.load()
+
+
+def _raise_open_files(wanted: int) -> None:
+    """Every socket is a file: lift the soft limit towards the hard one (which only the operator
+    can raise) so worker_connections is reachable."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+    if soft != resource.RLIM_INFINITY and soft < ceiling:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+
+
+_raise_open_files(_cfg.app.worker_connections + 100)
 
 bind = f"{_cfg.app.host}:{_cfg.app.port}"
 worker_class = "gevent"

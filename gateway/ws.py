@@ -72,7 +72,7 @@ class Outbox:
     def __init__(self, sock, limit: int = DEFAULT_BACKLOG):
         self._sock = sock
         self.limit = limit
-        self._backlog: collections.deque[bytes] = collections.deque()
+        self._backlog: collections.deque[bytes] | None = None  # created for slow readers only
         self._writer = None
 
     def send(self, data: bytes) -> int:
@@ -84,6 +84,7 @@ class Outbox:
             if sent == len(data):
                 return sent
             data = data[sent:]
+            self._backlog = collections.deque()
             self._writer = gevent.spawn(self._drain)
         elif len(self._backlog) >= self.limit:
             self.abort()
@@ -96,14 +97,15 @@ class Outbox:
             while self._backlog:
                 self._sock.sendall(self._backlog.popleft())
         except OSError:
-            self._backlog.clear()
+            pass
         finally:
-            self._writer = None
+            self._writer = self._backlog = None
 
     def abort(self) -> None:
         """Drop the connection at once, without the closing handshake a stuck reader cannot take:
         the client sees it end (1006) and, on reconnecting, catches up by sync."""
-        self._backlog.clear()
+        if self._backlog:
+            self._backlog.clear()
         try:
             self._sock.shutdown(socket.SHUT_RDWR)  # also wakes a writer blocked in sendall
         except OSError:
@@ -145,6 +147,10 @@ class SafeServer(simple_websocket.Server):
 
         self.ws.send = send_without_deflate
         super().handshake()
+        # The open connection needs only wsproto's frame layer; dropping the handshake's h11
+        # machinery saves ~2 KB per socket.
+        if self.ws.connection is not None:
+            self.ws = self.ws.connection
 
     def receive(self, timeout=None):
         """The next message, or None after ``timeout`` seconds; ConnectionClosed once closed.
