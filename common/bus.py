@@ -124,6 +124,18 @@ def make_redis(cfg: Config, max_connections: int | None = None) -> redis.Redis:
         max_connections=max_connections, timeout=5, **options))
 
 
+def batch(values: list) -> Any:
+    """One Redis publish for several messages to the same channel (see :func:`unbatch`)."""
+    return values[0] if len(values) == 1 else {"type": "batch", "items": values}
+
+
+def unbatch(message: Any) -> list:
+    """The messages of one Redis publish, in order."""
+    if isinstance(message, dict) and message.get("type") == "batch":
+        return list(message.get("items") or ())
+    return [message]
+
+
 def gateway_channel(cfg: Config, gateway_id: str) -> str:
     """The Redis channel a gateway listens on for replies and pushes."""
     return cfg.redis_key("gw", gateway_id)

@@ -10,7 +10,8 @@ Input: topic ``<ns>.deliver``, key = conversation id (or user id for presence). 
 Output: on each gateway's channel, ``{type: "push", conns: [conn_id, ...], text}`` where ``text``
 is the frame, JSON-encoded once for all its recipients. Nothing is
 broadcast to gateways without recipients. Push is a hint: clients that miss it catch up by seq sync.
-A poll's events share one membership query and one presence lookup (``handle_batch``).
+A poll's events share one membership query (none for private messages: the message names both
+members) and one presence lookup (``handle_batch``).
 Idempotency: a redelivered event pushes the same frame again (clients dedupe by msg_id / seq);
 cursors only move forward. Errors: an unknown kind or shape is invalid (50002, DLQ); Redis or
 database outages are retried.
@@ -31,6 +32,20 @@ def _fields(e: dict, *names):
     return values
 
 
+def _private_pair(message: dict) -> list[int] | None:
+    """A private conversation's members, from the message itself (they never change)."""
+    pair = [message.get("from_user_id"), message.get("to_user_id")]
+    return pair if message.get("group_id") is None and all(isinstance(u, int) for u in pair) else None
+
+
+def _members(message: dict, conversation_id: int, members: dict[int, list[int]] | None) -> list[int]:
+    pair = _private_pair(message)
+    if pair is not None:
+        return pair
+    known = (members or {}).get(conversation_id)
+    return chat.member_ids(conversation_id) if known is None else known
+
+
 def plan(e: dict, members: dict[int, list[int]] | None = None) -> tuple[list[int], dict | None, str | None]:
     """Recipients, frame and the connection to skip for one deliver event (database reads only,
     plus the cursor move of an ack). ``members``: conversation members already read, if any."""
@@ -40,8 +55,7 @@ def plan(e: dict, members: dict[int, list[int]] | None = None) -> tuple[list[int
         if not isinstance(message, dict):
             raise Invalid(Code.UNMARSHAL_FAILED, "message event without message")
         (conversation_id,) = _fields(message, "conversation_id")
-        known = (members or {}).get(conversation_id)
-        recipients = (chat.member_ids(conversation_id) if known is None else known) + list(e.get("also_notify") or [])
+        recipients = _members(message, conversation_id, members) + list(e.get("also_notify") or [])
         return recipients, {"type": "message", "payload": message}, e.get("origin_conn")
     if kind in ("typing", "ack"):
         conversation_id, user_id = _fields(e, "conversation_id", "user_id")
@@ -85,7 +99,8 @@ def handle(event, ctx):
 
 def handle_batch(events, ctx):
     conversation_ids = {e.value["message"].get("conversation_id") for e in events
-                        if e.value.get("kind") == "message" and isinstance(e.value.get("message"), dict)}
+                        if e.value.get("kind") == "message" and isinstance(e.value.get("message"), dict)
+                        and _private_pair(e.value["message"]) is None}
     members = chat.members_of([c for c in conversation_ids if isinstance(c, int)])
     plans: list = []
     for event in events:

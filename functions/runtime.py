@@ -17,7 +17,9 @@ Contract:
 * **Blocking failures.** When outputs cannot be produced (50008), the DLQ hand-off fails (50007), or
   a function that declares ``ROUTE_FAILURES = False`` (retry, dlq) fails, nothing is committed: the
   batch is rewound and tried again with backoff.
-* **SIGTERM drains**: stop polling, finish the batch, flush, commit, exit 0.
+  Commits are asynchronous (a batch does not wait for the broker's answer); a lost commit only
+  means a redelivery.
+* **SIGTERM drains**: stop polling, finish the batch, flush, commit (and wait for it), exit 0.
 * A worker keeps one database connection (Peewee opens it on first use); a database error hands it
   back to the pool, which pings it before the next event uses it, so a restarted database heals.
 
@@ -227,6 +229,7 @@ class Worker:
         self.redact_fields = tuple(getattr(module, "REDACT", ()))
         self.max_records = getattr(module, "MAX_RECORDS", 200)
         self._blocked = 0  # consecutive batches that could not be committed
+        self._done: dict = {}  # the next offset of every partition, after its last finished batch
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -247,7 +250,7 @@ class Worker:
         logger.info("function %s stopped", self.name)
 
     def run_once(self, timeout_ms: int = 200) -> int:
-        """Poll one batch and process it; return how many records were committed."""
+        """Poll one batch and process it; return how many records were finished (and committed)."""
         batch = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.max_records)
         if not batch:
             return 0
@@ -258,18 +261,21 @@ class Worker:
             return 0
         offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)
                    for tp, records in batch.items()}
+        self._done.update(offsets)
+        # Asynchronous: the next batch does not wait for the broker's answer. A commit that fails
+        # (a rebalance, a broker outage) is covered by a later one, or the partition's next owner
+        # re-runs the batch (handlers are idempotent); close() commits the last offsets and waits.
         try:
-            # Bounded: without a timeout a commit waits forever for a coordinator that a broker
-            # restart took away, and the worker stops processing (seen in the broker-restart test).
-            self.consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
+            self.consumer.commit_async(offsets, callback=self._on_commit)
         except KafkaError as exc:
-            # A rebalance or a broker outage. The outputs are out; a later commit covers these
-            # offsets, or the partition's next owner re-runs them (handlers are idempotent).
-            logger.warning("function %s commit failed code=%d: %s", self.name,
-                           Code.CONSUMER_GROUP_ERROR, _error_text(exc))
-            return 0
+            self._on_commit(offsets, exc)
         self._blocked = 0
         return sum(len(records) for records in batch.values())
+
+    def _on_commit(self, offsets, response) -> None:
+        if isinstance(response, BaseException):
+            logger.warning("function %s commit failed code=%d: %s", self.name,
+                           Code.CONSUMER_GROUP_ERROR, _error_text(response))
 
     # -- records ----------------------------------------------------------------------------
     def process_all(self, records: list) -> list[Output]:
@@ -368,8 +374,7 @@ class Worker:
             try:
                 pipe = self.redis.pipeline(transaction=False)
                 for channel, values in _by_channel(publishes).items():
-                    pipe.publish(channel, bus.encode(values[0] if len(values) == 1
-                                                     else {"type": "batch", "items": values}))
+                    pipe.publish(channel, bus.encode(bus.batch(values)))
                 pipe.execute()
             except Exception as exc:  # redis.RedisError and socket errors alike
                 raise OutputFailure(Code.CACHE_ERROR, _error_text(exc)) from exc
@@ -387,6 +392,13 @@ class Worker:
     def close(self) -> None:
         try:
             self.producer.flush(timeout=10)
+            owned = {tp: meta for tp, meta in self._done.items() if tp in self.consumer.assignment()}
+            if owned:
+                # Bounded: a commit without a timeout waits forever for a coordinator that a broker
+                # restart took away (seen in the broker-restart test).
+                self.consumer.commit(owned, timeout_ms=COMMIT_TIMEOUT_MS)
+        except KafkaError as exc:
+            self._on_commit(self._done, exc)
         finally:
             self.consumer.close(autocommit=False)
             self.producer.close(timeout=10)

@@ -14,6 +14,8 @@ import time
 
 import redis
 
+from common import bus
+
 logger = logging.getLogger(__name__)
 
 
@@ -48,10 +50,6 @@ class Inbox:
         self._waiters.pop(request_id, None)
 
     def dispatch(self, message: dict) -> None:
-        if message.get("type") == "batch":  # a function's publishes of one poll, in order
-            for item in message.get("items") or ():
-                self.dispatch(item)
-            return
         request_id = message.get("request_id")
         if request_id is not None:
             waiter = self._waiters.pop(request_id, None)
@@ -77,7 +75,8 @@ class Inbox:
                     if message is None:
                         continue
                     try:
-                        self.dispatch(json.loads(message["data"]))
+                        for item in bus.unbatch(json.loads(message["data"])):
+                            self.dispatch(item)
                     except (ValueError, TypeError):
                         logger.warning("inbox %s: undecodable message dropped", self.channel)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:

@@ -31,7 +31,7 @@ def replies(cfg, redis_client):
 
     def collect():
         while (message := pubsub.get_message(timeout=0.05)) is not None:
-            got.append(json.loads(message["data"]))
+            got.extend(bus.unbatch(json.loads(message["data"])))
         return got
 
     collect.channel = channel

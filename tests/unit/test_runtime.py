@@ -77,7 +77,7 @@ class FakeConsumer:
     def poll(self, timeout_ms, max_records):
         return self.batches.pop(0) if self.batches else {}
 
-    def commit(self, offsets, timeout_ms=None):
+    def commit_async(self, offsets, callback=None):
         self.committed.append({tp: meta.offset for tp, meta in offsets.items()})
 
     def seek(self, tp, offset):
