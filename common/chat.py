@@ -236,10 +236,27 @@ def store_messages(sends: list[tuple[int, dict]]) -> list[Stored | AppError]:
     return results
 
 
+# Private conversations never change once created (only their last_seq, which is not read from
+# here): the send function keeps the ones it has seen, and saves a query per batch.
+_private_cache: dict[str, Conversation] = {}
+PRIVATE_CACHE_SIZE = 100_000
+
+
+def _private_conversations(keys: set[str]) -> dict[str, Conversation]:
+    found = {key: _private_cache[key] for key in keys if key in _private_cache}
+    missing = keys - found.keys()
+    if missing:
+        if len(_private_cache) > PRIVATE_CACHE_SIZE:
+            _private_cache.clear()
+        for conv in Conversation.select().where(Conversation.private_key.in_(missing)):
+            found[conv.private_key] = _private_cache[conv.private_key] = conv
+    return found
+
+
 def _send_conversations(sends, results) -> list[Conversation | None]:
     """The conversation of each send (one query per kind); errors go into ``results``."""
     pairs = {f"{min(s, f['to_user_id'])}:{max(s, f['to_user_id'])}" for s, f in sends if f["group_id"] is None}
-    by_key = {c.private_key: c for c in Conversation.select().where(Conversation.private_key.in_(pairs))} if pairs else {}
+    by_key = _private_conversations(pairs)
     group_ids = {f["group_id"] for _, f in sends if f["group_id"] is not None}
     groups, members = {}, set()
     if group_ids:

@@ -45,7 +45,8 @@ class Gateway:
         redis_client = bus.make_redis(cfg, max_connections=64)  # +1 held by the inbox subscription
         inbox = Inbox(redis_client, bus.gateway_channel(cfg, cfg.app.gateway_id))
         # A request never waits on Kafka metadata longer than it would wait for its reply.
-        producer = bus.make_producer(cfg, max_block_ms=cfg.kafka.request_timeout_ms)
+        producer = bus.make_producer(cfg, max_block_ms=cfg.kafka.request_timeout_ms,
+                                     linger_ms=cfg.kafka.gateway_linger_ms)
         gateway = cls(cfg, producer, redis_client, inbox)
         if not inbox.start():
             logger.warning("inbox not subscribed yet; replies wait for Redis")
