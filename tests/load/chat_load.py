@@ -1,7 +1,7 @@
 """Chat load: private messages over WebSocket at a target rate, checked for loss, with latencies.
 
     python -m tests.load.chat_load [--url http://127.0.0.1:8080] [--pairs 50] [--rate 500]
-                                   [--duration 20] [--out results/chat_load.json]
+                                   [--duration 20] [--out results/chat_load.json] [--plot PATH]
 
 Against a running system (`make dev`; start it with PASSWORD_ITERATIONS=1000 so registering the
 load users is quick). Registers ``2 × pairs`` users, connects each once, then sends private
@@ -9,7 +9,13 @@ messages round-robin across the pairs at ``rate`` per second for ``duration`` se
 message it records the send time, the ack time and the recipient's receive time; afterwards it
 reconnects every recipient and syncs its conversation to check that every acked message is stored
 once, in seq order. Bounded: it stops after the duration plus a drain of at most 30 s.
-Prints progress each second and a summary; writes everything to ``--out`` as JSON.
+While sending and draining it samples the CPU and memory of the system's processes (the gateway,
+each function, Kafka, Redis, MariaDB and itself; see tests/load/procstats.py): the progress line
+shows the busiest, the JSON their CPU % over the run and peak and end RSS. The JSON also keeps a
+per-second timeline (sent, delivered, e2e p50/p99 by send second) to compare runs by.
+Prints progress each second and a summary; writes everything to ``--out`` as JSON and a latency
+plot to ``--plot`` (default: ``--out`` with ``.png``; ``--plot ''`` for none; needs matplotlib from
+requirements-bench.txt, and is skipped with a notice without it).
 """
 from gevent import monkey
 
@@ -19,7 +25,6 @@ import argparse  # noqa: E402  (after monkey-patching, as gevent requires)
 import json  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
-import urllib.request  # noqa: E402
 import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -27,26 +32,9 @@ import gevent  # noqa: E402
 import simple_websocket  # noqa: E402
 
 from tests import wsclient  # noqa: E402
-
-
-def post(url: str, body: dict, token: str | None = None) -> dict:
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers=headers)
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
-def percentiles(values: list[float]) -> dict:
-    if not values:
-        return {"count": 0}
-    ordered = sorted(values)
-
-    def pick(p):
-        return round(ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))], 2)
-    return {"count": len(ordered), "p50": pick(50), "p95": pick(95), "p99": pick(99),
-            "max": round(ordered[-1], 2), "mean": round(sum(ordered) / len(ordered), 2)}
+from tests.load import procstats  # noqa: E402
+from tests.load.stats import percentiles  # noqa: E402
+from tests.load.users import register_users  # noqa: E402
 
 
 class Peer:
@@ -113,15 +101,42 @@ def sync_all(ws_url: str, token: str, conversation_id: int) -> list[dict]:
     return messages
 
 
-def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False) -> dict:
+def sample_each_second(sampler: procstats.Sampler) -> None:
+    while True:
+        gevent.sleep(1)
+        sampler.tick()
+
+
+def timeline(send_times: list[float], samples: list[tuple]) -> list[dict]:
+    """Per whole second of send time (s since start): messages sent, delivered, and e2e p50/p99."""
+    seconds: dict[int, dict] = {}
+    for sent_at in send_times:
+        seconds.setdefault(int(sent_at), {"sent": 0, "e2e": []})["sent"] += 1
+    for sent_at, e2e, *_ in samples:
+        seconds[int(sent_at)]["e2e"].append(e2e)
+    rows = []
+    for second, bucket in sorted(seconds.items()):
+        summary = percentiles(bucket["e2e"])
+        rows.append({"t": second, "sent": bucket["sent"], "delivered": len(bucket["e2e"]),
+                     "e2e_p50": summary.get("p50"), "e2e_p99": summary.get("p99")})
+    return rows
+
+
+def write_plot(path: Path, samples: list[tuple], title: str) -> bool:
+    try:
+        from tests.load import plot
+    except ImportError:
+        print("matplotlib is not installed (pip install -r requirements-bench.txt): no plot", flush=True)
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plot.plot_latency(path, samples, title)
+    return True
+
+
+def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False,
+        plot: Path | None = None) -> dict:
     ws_url = url.replace("http://", "ws://") + "/ws"
-    prefix = "load" + uuid.uuid4().hex[:6]
-    users = []
-    for i in range(2 * pairs):
-        creds = {"username": f"{prefix}{i}", "password": "load-password"}
-        post(url + "/api/v1/auth/register", creds)
-        login = post(url + "/api/v1/auth/login", creds)["data"]
-        users.append((login["user"]["id"], login["token"]))
+    users = register_users(url, 2 * pairs, "load")
     acks: dict = {}
     received: dict = {}
     peers = [Peer(ws_url, uid, token, acks, received) for uid, token in users]
@@ -129,6 +144,9 @@ def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False)
     routes += [(b, a) for a, b in routes]
     sent: dict[str, tuple[float, int]] = {}  # msg_id → (send time, recipient)
 
+    sampler = procstats.Sampler(procstats.local_port(url))
+    sampler.start()
+    sampling = gevent.spawn(sample_each_second, sampler)
     started = time.time()
     total = int(rate * duration)
     next_report = started + 1
@@ -144,16 +162,20 @@ def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False)
         if not quiet and time.time() >= next_report:
             next_report += 1
             print(f"  t={time.time() - started:5.1f}s sent={len(sent)} acked={len(acks)} "
-                  f"delivered={len(received)}", flush=True)
+                  f"delivered={len(received)}  {sampler.brief()}", flush=True)
     send_seconds = time.time() - started
     drain_deadline = time.time() + 30
     while time.time() < drain_deadline and (len(acks) < len(sent) or len(received) < len(sent)):
         gevent.sleep(0.05)
     finished = time.time()
+    sampling.kill()
+    sampler.stop()
 
     ack_ms = [(acks[m][0] - t) * 1000 for m, (t, _) in sent.items() if m in acks]
     e2e_ms = [(received[(r, m)] - t) * 1000 for m, (t, r) in sent.items() if (r, m) in received]
     not_delivered = [m for m, (t, r) in sent.items() if m in acks and (r, m) not in received]
+    samples = [(t - started, (received[(r, m)] - t) * 1000, (acks[m][0] - t) * 1000 if m in acks else None)
+               for m, (t, r) in sent.items() if (r, m) in received]
     errors = [e for p in peers for e in p.errors]
     duplicates = sum(p.duplicates for p in peers)
     for peer in peers:
@@ -183,8 +205,24 @@ def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False)
         "delivered_rate": round(len(e2e_ms) / max(finished - started, 1e-9), 1),
         "ack_ms": percentiles(ack_ms), "e2e_ms": percentiles(e2e_ms),
         "lost": len(sent) - len(e2e_ms),
+        "run_s": round(finished - started, 2),
+        "processes_scope": sampler.scope,
+        "processes": sampler.report(),
+        "timeline": timeline([t - started for t, _ in sent.values()], samples),
     }
+    if plot is not None:
+        title = (f"chat_load: {pairs} pairs, {rate:g} msg/s for {duration:g} s; sent {len(sent)}, "
+                 f"lost {result['lost']}; e2e p50 {result['e2e_ms'].get('p50')} ms, p99 {result['e2e_ms'].get('p99')} ms")
+        if write_plot(plot, samples, title):
+            result["plot"] = str(plot)
     return result
+
+
+def print_processes(processes: dict, seconds: float) -> None:
+    print(f"processes (CPU % of one core over the {seconds:.1f} s of sending and draining; RSS MB peak / end):")
+    for label, entry in processes.items():
+        end = "gone" if entry["rss_mb_end"] is None else f"{entry['rss_mb_end']:.1f}"
+        print(f"  {label:<12} {entry['cpu_pct']:6.1f}%  {entry['rss_mb_peak']:8.1f} / {end}")
 
 
 def main() -> None:
@@ -194,15 +232,18 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500)
     parser.add_argument("--duration", type=float, default=20)
     parser.add_argument("--out", default="results/chat_load.json")
+    parser.add_argument("--plot", help="latency plot PNG (default: --out with .png; '' for none)")
     args = parser.parse_args()
     if not (1 <= args.pairs <= 5000 and 0 < args.rate <= 20000 and 0 < args.duration <= 600):
         parser.error("pairs 1-5000, rate up to 20000/s, duration up to 600 s")
-    result = run(args.url, args.pairs, args.rate, args.duration)
     out = Path(args.out)
+    plot = out.with_suffix(".png") if args.plot is None else (Path(args.plot) if args.plot else None)
+    result = run(args.url, args.pairs, args.rate, args.duration, plot=plot)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    print(f"results written to {out}")
+    print(json.dumps({k: v for k, v in result.items() if k not in ("processes", "timeline")}, indent=2))
+    print_processes(result["processes"], result["run_s"])
+    print(f"timeline: {len(result['timeline'])} seconds; results written to {out}")
     os._exit(0 if result["lost"] == 0 and result["sync_problems"] == 0 else 1)
 
 
