@@ -1,4 +1,4 @@
-"""The function runtime: consume → decode → ``handle(event, ctx)`` → produce → flush → commit.
+"""The function runtime: consume → decode → ``handle(event, ctx)`` → produce → commit.
 
 A function is a module with ``handle(event, ctx)`` that returns the outputs to emit (:class:`Emit`
 for Kafka, :class:`Publish` for a gateway's Redis channel). It never touches a consumer, a producer
@@ -6,9 +6,14 @@ or an offset; this module owns all of that.
 
 Contract:
 
-* **At-least-once.** An input offset is committed only after every output of its batch is produced,
-  flushed and acknowledged (and every Redis publish is done). Any crash means redelivery, never
-  loss, so handlers must be idempotent.
+* **At-least-once.** An input offset is committed only after every Kafka output of its batch is
+  acknowledged by the broker and every Redis publish is done. Any crash means redelivery, never
+  loss, so handlers must be idempotent. Redis publishes go out as soon as a batch is processed, so
+  a reply may precede the acknowledgement of the batch's Kafka outputs; if those fail, the batch
+  runs again and re-emits both.
+* **Pipelined.** A batch's Kafka outputs are acknowledged while the next poll waits, and offsets
+  are committed asynchronously: no batch waits for the broker's answer about the one before it. A
+  lost commit only means a redelivery.
 * **Typed failures.** :class:`Invalid` (can never succeed; also any undecodable record, 50002) goes
   to the DLQ topic at once. :class:`Transient`, and any other exception (a bug: logged with the
   event's coordinates, never its body), goes to the retry topic with its attempt count, due time and
@@ -16,19 +21,17 @@ Contract:
   blocks its partition.
 * **Blocking failures.** When outputs cannot be produced (50008), the DLQ hand-off fails (50007), or
   a function that declares ``ROUTE_FAILURES = False`` (retry, dlq) fails, nothing is committed: the
-  batch is rewound and tried again with backoff.
-  Commits are asynchronous (a batch does not wait for the broker's answer); a lost commit only
-  means a redelivery.
-* **SIGTERM drains**: stop polling, finish the batch, flush, commit (and wait for it), exit 0.
-* A worker keeps one database connection (Peewee opens it on first use); a database error hands it
-  back to the pool, which pings it before the next event uses it, so a restarted database heals.
-
+  batch (with the one polled after it) is rewound and tried again with backoff.
 * **Batches.** A function may also define ``handle_batch(events, ctx)``: called with every decoded
   event of a poll, it returns one list of outputs per event, or ``None`` for an event it leaves to
   ``handle`` (only events whose handling does not depend on their order among the others, such as
   invalid ones). If it raises, the whole poll is processed one event at a time through ``handle``,
-  so a batch is only ever an optimisation of the per-event contract.
-* Publishes of a batch to one channel travel as one Redis message ``{type: "batch", items: [...]}``.
+  so a batch is only ever an optimisation of the per-event contract. Publishes of a batch to one
+  channel travel as one Redis message (``common.bus.batch``).
+* **SIGTERM drains**: stop polling, finish the batch, wait for its acknowledgement, commit (and
+  wait for that), exit 0.
+* A worker keeps one database connection (Peewee opens it on first use); a database error hands it
+  back to the pool, which pings it before the next event uses it, so a restarted database heals.
 
 Optional module attributes of a function: ``RAW = True`` (the event's ``value`` stays undecoded
 bytes), ``ROUTE_FAILURES = False`` (see above), ``REDACT = ("password",)`` (fields blanked before an
@@ -230,6 +233,7 @@ class Worker:
         self.max_records = getattr(module, "MAX_RECORDS", 200)
         self._blocked = 0  # consecutive batches that could not be committed
         self._done: dict = {}  # the next offset of every partition, after its last finished batch
+        self._unacked = None   # (batch, Kafka futures) of the batch waiting for the broker's answer
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -250,18 +254,40 @@ class Worker:
         logger.info("function %s stopped", self.name)
 
     def run_once(self, timeout_ms: int = 200) -> int:
-        """Poll one batch and process it; return how many records were finished (and committed)."""
+        """Poll a batch, finish the previous one, process the new one; return how many records
+        were processed (the batch is committed once its Kafka outputs are acknowledged).
+
+        Pipelined: a batch's Kafka outputs are acknowledged while the next poll waits, so a batch
+        never waits for the broker's answer about the one before it.
+        """
         batch = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.max_records)
+        if self._unacked is not None:
+            previous, futures = self._unacked
+            self._unacked = None
+            try:
+                self._await(futures)
+            except OutputFailure as exc:
+                self._rewind([previous, batch], exc.code, _error_text(exc))
+                return 0
+            self._commit(previous)
         if not batch:
             return 0
         try:
-            self.emit(self.process_all([record for records in batch.values() for record in records]))
+            futures = self.emit(self.process_all([record for records in batch.values() for record in records]))
         except (OutputFailure, Transient) as exc:
-            self._rewind(batch, exc.code, _error_text(exc))
+            self._rewind([batch], exc.code, _error_text(exc))
             return 0
+        if futures:
+            self._unacked = (batch, futures)
+        else:
+            self._commit(batch)
+        return sum(len(records) for records in batch.values())
+
+    def _commit(self, batch) -> None:
         offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)
                    for tp, records in batch.items()}
         self._done.update(offsets)
+        self._blocked = 0
         # Asynchronous: the next batch does not wait for the broker's answer. A commit that fails
         # (a rebalance, a broker outage) is covered by a later one, or the partition's next owner
         # re-runs the batch (handlers are idempotent); close() commits the last offsets and waits.
@@ -269,8 +295,6 @@ class Worker:
             self.consumer.commit_async(offsets, callback=self._on_commit)
         except KafkaError as exc:
             self._on_commit(offsets, exc)
-        self._blocked = 0
-        return sum(len(records) for records in batch.values())
 
     def _on_commit(self, offsets, response) -> None:
         if isinstance(response, BaseException):
@@ -349,9 +373,9 @@ class Worker:
         return [routed]
 
     # -- outputs ----------------------------------------------------------------------------
-    def emit(self, outputs: list[Output]) -> None:
-        """Hand every output over, Kafka first (flushed and acknowledged), then Redis."""
-        dlq_topic = self.config.topic("dlq")
+    def emit(self, outputs: list[Output]) -> list:
+        """Hand the Kafka outputs to the producer and publish the Redis ones; return the Kafka
+        futures (see :meth:`_await`). OutputFailure when either cannot be handed over."""
         sent = []
         try:
             for out in outputs:
@@ -361,14 +385,8 @@ class Worker:
                     future = self.producer.send(out.topic, value=value, key=key,
                                                 headers=bus.dict_to_headers(out.headers))
                     sent.append((out.topic, future))
-            if sent:
-                self.producer.flush(timeout=30)
         except KafkaError as exc:
             raise OutputFailure(Code.PRODUCER_ERROR, _error_text(exc)) from exc
-        for topic, future in sent:
-            if not future.is_done or future.failed():
-                code = Code.DLQ_SEND_FAILED if topic == dlq_topic else Code.PRODUCER_ERROR
-                raise OutputFailure(code, f"producing to {topic} failed: {future.exception}")
         publishes = [out for out in outputs if isinstance(out, Publish)]
         if publishes:
             try:
@@ -378,11 +396,28 @@ class Worker:
                 pipe.execute()
             except Exception as exc:  # redis.RedisError and socket errors alike
                 raise OutputFailure(Code.CACHE_ERROR, _error_text(exc)) from exc
+        return sent
 
-    def _rewind(self, batch, code: Code, error: str) -> None:
-        """Seek back to the batch's first records and wait before trying it again."""
-        for tp, records in batch.items():
-            self.consumer.seek(tp, records[0].offset)
+    def _await(self, sent: list) -> None:
+        """Wait until the broker has acknowledged every Kafka output; OutputFailure if it refused."""
+        try:
+            self.producer.flush(timeout=30)
+        except KafkaError as exc:
+            raise OutputFailure(Code.PRODUCER_ERROR, _error_text(exc)) from exc
+        dlq_topic = self.config.topic("dlq")
+        for topic, future in sent:
+            if not future.is_done or future.failed():
+                code = Code.DLQ_SEND_FAILED if topic == dlq_topic else Code.PRODUCER_ERROR
+                raise OutputFailure(code, f"producing to {topic} failed: {future.exception}")
+
+    def _rewind(self, batches: list, code: Code, error: str) -> None:
+        """Seek back to the first records of the batches and wait before trying them again."""
+        first: dict = {}
+        for batch in batches:
+            for tp, records in (batch or {}).items():
+                first[tp] = min(first.get(tp, records[0].offset), records[0].offset)
+        for tp, offset in first.items():
+            self.consumer.seek(tp, offset)
         self._blocked += 1
         delay_ms = self.policy.delay_ms(min(self._blocked, 30)) if self.policy.max_attempts else 1000
         logger.error("function %s could not finish a batch code=%d (try %d, again in %d ms): %s",
@@ -391,13 +426,17 @@ class Worker:
 
     def close(self) -> None:
         try:
-            self.producer.flush(timeout=10)
+            if self._unacked is not None:
+                batch, futures = self._unacked
+                self._await(futures)
+                self._done.update({tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)
+                                   for tp, records in batch.items()})
             owned = {tp: meta for tp, meta in self._done.items() if tp in self.consumer.assignment()}
             if owned:
                 # Bounded: a commit without a timeout waits forever for a coordinator that a broker
                 # restart took away (seen in the broker-restart test).
                 self.consumer.commit(owned, timeout_ms=COMMIT_TIMEOUT_MS)
-        except KafkaError as exc:
+        except (KafkaError, OutputFailure) as exc:
             self._on_commit(self._done, exc)
         finally:
             self.consumer.close(autocommit=False)

@@ -102,9 +102,11 @@ def sync_all(ws_url: str, token: str, conversation_id: int) -> list[dict]:
 
 
 def sample_each_second(sampler: procstats.Sampler) -> None:
+    """Keep sampling where no progress line does (a quiet run, the drain)."""
     while True:
-        gevent.sleep(1)
-        sampler.tick()
+        gevent.sleep(0.2)
+        if sampler.seconds_since_sample() >= 1:
+            sampler.tick()
 
 
 def timeline(send_times: list[float], samples: list[tuple]) -> list[dict]:
@@ -161,6 +163,7 @@ def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False,
         sender.send(msg_id, recipient.user_id, f"load message {n}")
         if not quiet and time.time() >= next_report:
             next_report += 1
+            sampler.tick()
             print(f"  t={time.time() - started:5.1f}s sent={len(sent)} acked={len(acks)} "
                   f"delivered={len(received)}  {sampler.brief()}", flush=True)
     send_seconds = time.time() - started

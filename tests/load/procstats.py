@@ -273,6 +273,9 @@ class Sampler:
         self._sample()
         self._stopped = self._last
 
+    def seconds_since_sample(self) -> float:
+        return time.monotonic() - self._last
+
     def rates(self) -> dict[str, float]:
         """CPU % per label since the previous sample."""
         return dict(self._rates)

@@ -127,6 +127,7 @@ def _worker(handle, batches, producer=None, **attrs):
 
 
 TP = TopicPartition("t.send", 0)
+TP1 = TopicPartition("t.send", 1)
 
 
 def _rec(offset, value):
@@ -142,6 +143,8 @@ def test_poison_record_goes_to_dlq_and_the_good_ones_behind_it_are_processed():
 
     worker = _worker(handle, [{TP: [_rec(0, b'{"n":0}'), _rec(1, b"\xffnot json"), _rec(2, b'{"n":2}')]}])
     assert worker.run_once() == 3
+    assert worker.consumer.committed == []  # not before the broker acknowledged the outputs
+    assert worker.run_once() == 0           # the next poll: acknowledged, committed
     assert seen == [0, 2]
     topics = [sent[0] for sent in worker.producer.sent]
     assert topics == ["t.deliver", "t.dlq", "t.deliver"]
@@ -170,11 +173,13 @@ def test_handler_errors_are_routed_by_type():
 
 
 def test_failed_dlq_handoff_is_never_committed_past():
-    worker = _worker(lambda e, c: [], [{TP: [_rec(5, b"garbage"), _rec(6, b'{"ok":1}')]}],
+    later = {TP: [_rec(7, b'{"ok":2}')], TP1: [_rec(3, b'{"ok":3}')]}
+    worker = _worker(lambda e, c: [], [{TP: [_rec(5, b"garbage"), _rec(6, b'{"ok":1}')]}, later],
                      producer=FakeProducer(fail_topics={"t.dlq"}))
-    assert worker.run_once() == 0
+    assert worker.run_once() == 2
+    assert worker.run_once() == 0  # the DLQ refused: this batch and the one polled after it go back
     assert worker.consumer.committed == []
-    assert worker.consumer.seeks == [(TP, 5)]
+    assert worker.consumer.seeks == [(TP, 5), (TP1, 3)]
 
 
 def test_non_routing_function_blocks_instead_of_retrying():
@@ -212,6 +217,7 @@ def test_batch_handler_outputs_keep_record_order_and_leave_the_rest_to_handle():
     batch = {TP: [_rec(0, b'{"n":0}'), _rec(1, b"not json"), _rec(2, b'{"n":2,"bad":1}'), _rec(3, b'{"n":3}')]}
     worker = _worker(handle, [batch], handle_batch=handle_batch)
     assert worker.run_once() == 4
+    worker.run_once()
     assert calls == [("batch", [0, 2, 3]), ("one", 2)]
     assert [(topic, value) for topic, value, _, _ in worker.producer.sent] == [
         ("t.deliver", b'{"n":0}'), ("t.dlq", b"not json"), ("t.dlq", b'{"n":2,"bad":1}'),
