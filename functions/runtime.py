@@ -260,7 +260,15 @@ class Worker:
         Pipelined: a batch's Kafka outputs are acknowledged while the next poll waits, so a batch
         never waits for the broker's answer about the one before it.
         """
-        batch = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.max_records)
+        try:
+            batch = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.max_records)
+        except KafkaError as exc:
+            # kafka-python can raise out of poll while the broker is away (a failed coordinator
+            # lookup, seen in the broker-restart test); the worker waits and polls again.
+            logger.warning("function %s poll failed code=%d: %s", self.name, Code.KAFKA_ERROR,
+                           _error_text(exc))
+            self.stop.wait(1.0)
+            return 0
         if self._unacked is not None:
             previous, futures = self._unacked
             self._unacked = None

@@ -6,6 +6,7 @@ import types
 from collections import namedtuple
 
 import pytest
+from kafka.errors import KafkaConnectionError
 from kafka.structs import TopicPartition
 
 from common import bus
@@ -235,3 +236,18 @@ def test_failed_batch_is_processed_one_event_at_a_time():
     worker = _worker(handle, [{TP: [_rec(0, b'{"n":0}'), _rec(1, b'{"n":1}')]}], handle_batch=handle_batch)
     assert worker.run_once() == 2
     assert [value for _, value, _, _ in worker.producer.sent] == [b'{"n":0}', b'{"n":1}']
+
+
+def test_a_poll_that_raises_is_retried_not_fatal():
+    class FlakyConsumer(FakeConsumer):
+        def poll(self, timeout_ms, max_records):
+            if not self.failed:
+                self.failed = True
+                raise KafkaConnectionError("111 ECONNREFUSED")
+            return super().poll(timeout_ms, max_records)
+
+    worker = _worker(lambda e, c: [], [])
+    worker.consumer = FlakyConsumer([{TP: [_rec(0, b'{"a":1}')]}])
+    worker.consumer.failed = False
+    assert worker.run_once() == 0  # the broker is away: nothing processed, nothing raised
+    assert worker.run_once() == 1 and worker.consumer.committed == [{TP: 1}]
