@@ -149,6 +149,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kafka.gateway_linger_ms", "GATEWAY_LINGER_MS", 0, _int(0, 100),
             "How long the gateway's producer gathers client events into one Kafka request "
             "(0: lowest latency when idle; more: less CPU per message under load)"),
+    Setting("kafka.commit_interval_ms", "COMMIT_INTERVAL_MS", 200, _int(0, 60_000),
+            "How often a function commits the offsets of finished batches (0: after every batch); "
+            "a crash or a rebalance re-runs at most this much work, which handlers absorb by msg_id"),
     Setting("kafka.retry_max_attempts", "RETRY_MAX_ATTEMPTS", 3, _int(0, 100),
             "Retries of a transiently failed event before the DLQ"),
     Setting("kafka.retry_initial_backoff_ms", "RETRY_INITIAL_BACKOFF_MS", 100, _int(1, 240_000),
@@ -204,6 +207,7 @@ class KafkaConfig:
     partitions: int
     request_timeout_ms: int
     gateway_linger_ms: int
+    commit_interval_ms: int
     retry_max_attempts: int
     retry_initial_backoff_ms: int
     retry_max_backoff_ms: int

@@ -119,11 +119,11 @@ class FakeRedis:
         pass
 
 
-def _worker(handle, batches, producer=None, **attrs):
+def _worker(handle, batches, producer=None, config=CFG, **attrs):
     module = types.SimpleNamespace(handle=handle, **attrs)
     stop = threading.Event()
     stop.set()  # makes the rewind wait return at once
-    worker = Worker("send", module, CFG, FakeConsumer(batches), producer or FakeProducer(), FakeRedis(), stop)
+    worker = Worker("send", module, config, FakeConsumer(batches), producer or FakeProducer(), FakeRedis(), stop)
     return worker
 
 
@@ -251,3 +251,15 @@ def test_a_poll_that_raises_is_retried_not_fatal():
     worker.consumer.failed = False
     assert worker.run_once() == 0  # the broker is away: nothing processed, nothing raised
     assert worker.run_once() == 1 and worker.consumer.committed == [{TP: 1}]
+
+
+def test_offsets_are_committed_at_most_once_per_interval_and_an_idle_worker_commits_the_rest():
+    config = load({"APP_CONF": "/dev/null", "PINGME_NAMESPACE": "t", "COMMIT_INTERVAL_MS": "60000"})
+    worker = _worker(lambda e, c: [], [{TP: [_rec(0, b'{"a":1}')]}, {TP: [_rec(1, b'{"a":2}')]},
+                                       {TP1: [_rec(0, b'{"a":3}')]}], config=config)
+    assert worker.run_once() == 1 and worker.consumer.committed == [{TP: 1}]  # the first goes out
+    assert worker.run_once() == 1 and worker.run_once() == 1
+    assert worker.consumer.committed == [{TP: 1}]       # the others wait for the interval
+    worker._next_commit = 0.0                            # ... to pass
+    assert worker.run_once() == 0                        # an empty poll commits what is finished
+    assert worker.consumer.committed == [{TP: 1}, {TP: 2, TP1: 1}]
