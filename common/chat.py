@@ -198,9 +198,19 @@ def store_messages(sends: list[tuple[int, dict]]) -> list[Stored | AppError]:
     """
     results: list[Stored | AppError | None] = [None] * len(sends)
     convs = _send_conversations(sends, results)
-    ids = [fields["msg_id"] for (_, fields), r in zip(sends, results) if r is None]
-    known = {m.msg_id: m for m in Message.select().where(Message.msg_id.in_(ids))} if ids else {}
-    new: list[tuple[int, Message]] = []
+    try:
+        # Optimistic: almost every send is new, so no lookup first; the unique msg_id says if not.
+        return _store_batch(sends, convs, list(results), {})
+    except pw.IntegrityError:
+        # A resend or a redelivery (or a concurrent writer): nothing was stored. Again, knowing
+        # which msg_ids are stored already.
+        ids = [fields["msg_id"] for (_, fields), r in zip(sends, results) if r is None]
+        known = {m.msg_id: m for m in Message.select().where(Message.msg_id.in_(ids))}
+        return _store_batch(sends, convs, results, known)
+
+
+def _store_batch(sends, convs, results, known: dict[str, Message]) -> list[Stored | AppError]:
+    new: list[Message] = []
     for i, ((sender_id, fields), conv) in enumerate(zip(sends, convs)):
         if results[i] is not None:
             continue
@@ -209,8 +219,8 @@ def store_messages(sends: list[tuple[int, dict]]) -> list[Stored | AppError]:
             message = Message(msg_id=fields["msg_id"], conversation_id=conv.id, sender_id=sender_id,
                               content_type=fields["content_type"], content=fields["content"],
                               created_at=now_ms())
-            known[message.msg_id] = message
-            new.append((i, message))
+            known[message.msg_id] = message  # the same msg_id again in this batch is a resend
+            new.append(message)
             results[i] = Stored(message, conv, True)
         elif existing.sender_id != sender_id or existing.conversation_id != conv.id:
             results[i] = AppError(Code.CONFLICT, "msg_id already used for another message", field="msg_id")
@@ -218,7 +228,7 @@ def store_messages(sends: list[tuple[int, dict]]) -> list[Stored | AppError]:
             results[i] = Stored(existing, conv, False)
     if new:
         counts: dict[int, int] = {}
-        for _, message in new:
+        for message in new:
             counts[message.conversation_id] = counts.get(message.conversation_id, 0) + 1
         with db.atomic():
             conv_ids = sorted(counts)
@@ -227,10 +237,10 @@ def store_messages(sends: list[tuple[int, dict]]) -> list[Stored | AppError]:
             last = dict(Conversation.select(Conversation.id, Conversation.last_seq)
                         .where(Conversation.id.in_(conv_ids)).tuples())
             next_seq = {cid: last[cid] - counts[cid] + 1 for cid in conv_ids}
-            for _, message in new:
+            for message in new:
                 message.seq = next_seq[message.conversation_id]
                 next_seq[message.conversation_id] += 1
-            rows = [message.__data__ for _, message in new]
+            rows = [message.__data__ for message in new]
             for start in range(0, len(rows), 500):
                 Message.insert_many(rows[start:start + 500]).execute()
     return results
