@@ -3,7 +3,6 @@ each in a child process, restarts a child that dies, and passes SIGTERM/SIGINT o
 from __future__ import annotations
 
 import importlib
-import os
 import logging
 import signal
 import subprocess
@@ -20,9 +19,7 @@ logger = logging.getLogger("functions")
 
 def run_one(name: str) -> int:
     logs.setup(f"fn-{name}")
-    # kafka-python hands every fetch and produce between this thread and its network threads; at
-    # the default 5 ms GIL switch interval each hand-off can wait that long.
-    sys.setswitchinterval(float(os.environ.get("PY_SWITCH_INTERVAL", "0.0005")))
+    runtime.set_switch_interval()
     stop = threading.Event()
     runtime.install_signal_handlers(stop)  # first: a SIGTERM during start-up still drains cleanly
     try:

@@ -40,7 +40,9 @@ event is handed to the DLQ), ``MAX_RECORDS`` (poll batch size).
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -465,6 +467,12 @@ class Worker:
         finally:
             self.consumer.close(autocommit=False)
             self.producer.close(timeout=10)
+
+
+def set_switch_interval() -> None:
+    """kafka-python hands every fetch and produce between the worker's thread and its network
+    threads; at the default 5 ms GIL switch interval each hand-off can wait that long."""
+    sys.setswitchinterval(float(os.environ.get("PY_SWITCH_INTERVAL", "0.0005")))
 
 
 def install_signal_handlers(stop: threading.Event) -> None:

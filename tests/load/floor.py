@@ -9,9 +9,10 @@ Runs against the servers of the configuration (``common.config.load()``, so the 
     driver producer → <ns>.send → stage "send" (own process) → <ns>.deliver
         → stage "deliver" (own process) → Redis PUBLISH on <ns>:gw:<id> → driver subscriber
 
-Each stage runs the function runtime's batch loop (poll up to the function's ``MAX_RECORDS`` →
-produce or PUBLISH every record → flush → commit the offsets) without decoding, validating or
-touching a database. The driver produces small JSON records at ``rate`` per second for
+Each stage is the function runtime itself (``functions.runtime.Worker``, with the functions' settings:
+poll up to ``MAX_RECORDS`` → produce or PUBLISH → acknowledgement pipelined with the next poll →
+offsets committed every ``kafka.commit_interval_ms``) around a pass-through handler: no validation,
+no database, no presence lookup. The driver produces small JSON records at ``rate`` per second for
 ``duration`` seconds, keyed over 20 pair keys like conversations, each stamped with its send time;
 latency is the subscriber's receive time minus that stamp. Bounded: after the sending, a drain of
 at most 30 s. The stage processes are stopped on every exit path and the run's topics deleted.
@@ -28,19 +29,18 @@ import signal
 import sys
 import threading
 import time
+import types
 import uuid
 from pathlib import Path
 
 from kafka import KafkaAdminClient
-from kafka.structs import OffsetAndMetadata
 
 from common import bus, config as config_mod
 from functions import deliver, send
-from functions.runtime import COMMIT_TIMEOUT_MS
+from functions.runtime import Emit, Publish, Worker, set_switch_interval
 from tests.load.stats import percentiles
 
 STAGES = ("send", "deliver")           # each consumes the topic of its name, as the functions do
-MAX_RECORDS = {"send": send.MAX_RECORDS, "deliver": deliver.MAX_RECORDS}
 KEYS = [f"pair{i}".encode() for i in range(20)]
 READY_TIMEOUT_S = 60
 DRAIN_S = 30
@@ -57,63 +57,39 @@ def load_config(namespace: str) -> config_mod.Config:
 
 # ---- the stage processes -------------------------------------------------------------------------
 
-def produce_all(producer, topic: str):
-    def hand_over(records) -> None:
-        futures = [producer.send(topic, value=record.value, key=record.key) for record in records]
-        producer.flush(timeout=30)
-        failed = [future for future in futures if not future.is_done or future.failed()]
-        if failed:
-            raise RuntimeError(f"{len(failed)} records not produced to {topic}: {failed[0].exception}")
-    return hand_over
-
-
-def publish_all(redis_client, channel: str):
-    def hand_over(records) -> None:
-        pipe = redis_client.pipeline(transaction=False)
-        for record in records:
-            pipe.publish(channel, record.value)
-        pipe.execute()
-    return hand_over
-
-
-def run_batch(consumer, hand_over, max_records: int) -> int:
-    """One batch the way ``Worker.run_once`` does it; return how many records were committed."""
-    batch = consumer.poll(timeout_ms=200, max_records=max_records)
-    if not batch:
-        return 0
-    hand_over([record for records in batch.values() for record in records])
-    offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "", -1) for tp, records in batch.items()}
-    consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
-    return sum(len(records) for records in batch.values())
+def relay(name: str, cfg: config_mod.Config, channel: str) -> types.SimpleNamespace:
+    """A function module without product logic: "send" hands each record's bytes on to the deliver
+    topic, "deliver" publishes each record (decoded, as the real one does) to the channel."""
+    if name == "send":
+        deliver_topic = cfg.topic("deliver")
+        return types.SimpleNamespace(RAW=True, MAX_RECORDS=send.MAX_RECORDS,
+                                     handle=lambda event, ctx: [Emit(deliver_topic, event.raw, event.key)])
+    return types.SimpleNamespace(MAX_RECORDS=deliver.MAX_RECORDS,
+                                 handle=lambda event, ctx: [Publish(channel, event.value)])
 
 
 def stage_main(name: str, namespace: str, channel: str, ready, stop, done) -> None:
-    """A stage process: consume ``<ns>.<name>``; hand over to the next topic or the channel."""
+    """A stage process: the runtime consuming ``<ns>.<name>`` with the stage's relay."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when a stage stops
     parent = os.getppid()
+    set_switch_interval()
     cfg = load_config(namespace)
-    consumer = bus.make_consumer(cfg, name)
-    producer = bus.make_producer(cfg)
-    redis_client = bus.make_redis(cfg)
-    if name == "send":
-        hand_over = produce_all(producer, cfg.topic("deliver"))
-    else:
-        hand_over = publish_all(redis_client, channel)
+    worker = Worker(name, relay(name, cfg, channel), cfg, bus.make_consumer(cfg, name),
+                    bus.make_producer(cfg), bus.make_redis(cfg))
     try:
         topic = cfg.topic(name)
-        consumer.partitions_for_topic(topic)  # a group leader without metadata assigns nothing
-        consumer.subscribe([topic])
+        worker.consumer.partitions_for_topic(topic)  # a group leader without metadata assigns nothing
+        worker.consumer.subscribe([topic])
         while not stop.is_set() and os.getppid() == parent:
-            count = run_batch(consumer, hand_over, MAX_RECORDS[name])
+            count = worker.run_once()
             if count:
                 with done.get_lock():
                     done.value += count
-            if not ready.is_set() and consumer.assignment():
+            if not ready.is_set() and worker.consumer.assignment():
                 ready.set()
     finally:
-        consumer.close(autocommit=False)
-        producer.close(timeout=5)
-        redis_client.close()
+        worker.close()
+        worker.redis.close()
 
 
 class Stage:
@@ -173,11 +149,11 @@ class Subscriber(threading.Thread):
             if message is None:
                 continue
             now = time.monotonic()
-            record = json.loads(message["data"])
-            if record["n"] in self.latency_ms:
-                self.duplicates += 1
-            else:
-                self.latency_ms[record["n"]] = (now - record["t"]) * 1000
+            for record in bus.unbatch(json.loads(message["data"])):
+                if record["n"] in self.latency_ms:
+                    self.duplicates += 1
+                else:
+                    self.latency_ms[record["n"]] = (now - record["t"]) * 1000
 
     def wait_subscribed(self, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
