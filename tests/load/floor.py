@@ -237,6 +237,7 @@ def run(rate: float, duration: float, quiet: bool = False) -> dict:
             stages.append(Stage(ctx, name, namespace, channel, stop))
         wait_ready(stages, READY_TIMEOUT_S)
         producer = bus.make_producer(cfg, max_block_ms=cfg.kafka.request_timeout_ms)
+        producer.partitions_for(cfg.topic("send"))  # its metadata, before the first record is timed
         errors: list = []
         started = time.monotonic()
         progress = Progress(started, stages, subscriber, quiet)
@@ -287,6 +288,7 @@ def on_sigterm(signum, _frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, on_sigterm)
+    set_switch_interval()  # the driver's sending and subscribing threads hand off like a function's
     try:
         result = run(args.rate, args.duration)
     except FloorError as exc:
