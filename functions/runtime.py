@@ -331,7 +331,7 @@ class Worker:
     def process_all(self, records: list) -> list[Output]:
         """The outputs of a poll's records, in record order."""
         handle_batch = getattr(self.module, "handle_batch", None)
-        if handle_batch is None or len(records) < 2:
+        if handle_batch is None:
             return [out for record in records for out in self.process(record)]
         results: list[list[Output] | None] = [None] * len(records)
         decoded = []
