@@ -14,11 +14,21 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tests.load.stats import percentiles  # noqa: E402
 
 FLOOR_MS = 0.01  # log axes need positive values
+
+
+def _plain(axis) -> None:
+    """Log-axis tick labels as plain milliseconds ("20", not "2×10¹"): 1, 2 and 5 of each decade."""
+    def label(value, _position) -> str:
+        leading = round(value / 10 ** np.floor(np.log10(value))) if value > 0 else 0
+        return f"{value:g}" if leading in (1, 2, 5) else ""
+    axis.set_major_formatter(ticker.FuncFormatter(label))
+    axis.set_minor_formatter(ticker.FuncFormatter(label))
 
 
 def per_second(times, values) -> tuple[list[float], list[float], list[float]]:
@@ -42,6 +52,7 @@ def _over_time(ax, times, e2e, acks) -> None:
     ax.plot(seconds, p50s, "o-", markersize=3, color="tab:green", linewidth=1.5, label="e2e p50 per second")
     ax.plot(seconds, p99s, "o-", markersize=3, color="tab:red", linewidth=1.5, label="e2e p99 per second")
     ax.set_yscale("log")
+    _plain(ax.yaxis)
     ax.set_xlabel("send time since start (s)")
     ax.set_ylabel("latency (ms)")
     ax.grid(True, which="both", alpha=0.3)
@@ -58,6 +69,7 @@ def _distribution(ax, e2e) -> None:
     for name, color in (("p50", "tab:green"), ("p95", "tab:orange"), ("p99", "tab:red")):
         ax.axvline(max(summary[name], FLOOR_MS), color=color, linestyle="--", label=f"{name} {summary[name]:.1f} ms")
     ax.set_xscale("log")
+    _plain(ax.xaxis)
     ax.set_xlabel("end-to-end latency (ms)")
     ax.set_ylabel("messages")
     ax.grid(True, which="both", alpha=0.3)
