@@ -1,9 +1,11 @@
-"""The load tool at a tiny size against the test system: it runs, checks, and finds no loss; it
-reports the system's processes and, with matplotlib installed, writes its latency plot."""
+"""The load tools at a tiny size against the test system. chat_load runs, checks, and finds no
+loss; it reports the system's processes and, with matplotlib installed, writes its latency plot.
+conn_capacity opens its sockets and measures the gateway worker."""
 import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.integration.conftest import REPO
 
@@ -26,3 +28,27 @@ def test_chat_load_tool_smoke(gw1, tmp_path):
     if importlib.util.find_spec("matplotlib") is not None:
         png = out.with_suffix(".png")
         assert png.exists() and png.stat().st_size > 0, done.stdout[-2000:]
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def test_conn_capacity_tool_smoke(gw1, tmp_path):
+    out = tmp_path / "capacity.json"
+    [worker] = _children(gw1.proc.popen.pid)  # the gunicorn worker that holds the sockets
+    done = subprocess.run([sys.executable, "-m", "tests.load.conn_capacity", "--url", gw1.base, "--count", "8",
+                           "--per-user", "4", "--gateway-pid", str(worker), "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert (result["requested"], result["opened"], result["failures"], result["users"]) == (8, 8, 0, 2)
+    assert result["open_seconds"] > 0 and result["gateway_rss_after_kb"] > 0

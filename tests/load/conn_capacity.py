@@ -9,7 +9,7 @@ users, opens ``count`` sockets (``per-user`` devices each; each gets ``auth_ok``
 raw client (tests/load/rawws.py) so the client side stays light, holds them for a few seconds, and
 reports how long opening took and the gateway worker's resident memory per connection (from
 /proc; the worker is found by its command line unless ``--gateway-pid`` is given). Bounded: it
-closes everything and stops by itself.
+closes everything and stops by itself; exit status 1 when not every socket opened.
 """
 from gevent import monkey
 
@@ -112,7 +112,7 @@ def run(url: str, count: int, per_user: int, pid: int) -> dict:
             "kb_per_connection": round((after - before) / max(opened, 1), 1)}
 
 
-def main() -> None:
+def main() -> int | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8080")
     parser.add_argument("--count", type=int, default=2000)
@@ -133,7 +133,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+    return 0 if result["opened"] == result["requested"] else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
