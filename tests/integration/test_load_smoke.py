@@ -5,9 +5,9 @@ import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 from tests.integration.conftest import REPO
+from tests.load import procstats
 
 
 def test_chat_load_tool_smoke(gw1, tmp_path):
@@ -30,21 +30,9 @@ def test_chat_load_tool_smoke(gw1, tmp_path):
         assert png.exists() and png.stat().st_size > 0, done.stdout[-2000:]
 
 
-def _children(pid: int) -> list[int]:
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone meanwhile
-        if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
-    return children
-
-
 def test_conn_capacity_tool_smoke(gw1, tmp_path):
     out = tmp_path / "capacity.json"
-    [worker] = _children(gw1.proc.popen.pid)  # the gunicorn worker that holds the sockets
+    [worker] = procstats.children(gw1.proc.popen.pid)  # the gunicorn worker that holds the sockets
     done = subprocess.run([sys.executable, "-m", "tests.load.conn_capacity", "--url", gw1.base, "--count", "8",
                            "--per-user", "4", "--gateway-pid", str(worker), "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -26,14 +26,14 @@ from pathlib import Path  # noqa: E402
 import gevent  # noqa: E402
 from gevent.pool import Pool  # noqa: E402
 
-from tests.load import rawws  # noqa: E402
+from tests.load import procstats, rawws  # noqa: E402
 from tests.load.users import register_users  # noqa: E402
 
 
 def gateway_worker_pid() -> int:
     """The gunicorn worker serving the gateway (the child of the arbiter)."""
     pids = subprocess.run(["pgrep", "-f", "gateway.wsgi:app"], capture_output=True, text=True).stdout.split()
-    parents = {int(p): int(Path(f"/proc/{p}/stat").read_text().split()[3]) for p in pids}
+    parents = {int(p): procstats.read_stat(p).ppid for p in pids}
     workers = [pid for pid, parent in parents.items() if parent in parents]
     if len(workers) != 1:
         raise SystemExit(f"found gateway workers {workers}; pass --gateway-pid")

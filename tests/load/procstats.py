@@ -54,6 +54,25 @@ def parse_stat(text: str) -> Stat:
                 starttime=int(rest[19]), rss_pages=int(rest[21]))
 
 
+def read_stat(pid: int | str, proc: str = "/proc") -> Stat:
+    with open(os.path.join(proc, str(pid), "stat"), encoding="utf-8", errors="replace") as f:
+        return parse_stat(f.read())
+
+
+def children(pid: int, proc: str = "/proc") -> list[int]:
+    """The pids whose parent is ``pid`` (e.g. the worker of a gunicorn arbiter)."""
+    found = []
+    for entry in os.listdir(proc):
+        if entry.isdigit():
+            try:
+                stat = read_stat(entry, proc)
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile
+            if stat.ppid == pid:
+                found.append(stat.pid)
+    return found
+
+
 def parse_cmdline(raw: bytes) -> list[str]:
     return [arg.decode(errors="replace") for arg in raw.rstrip(b"\0").split(b"\0")] if raw else []
 

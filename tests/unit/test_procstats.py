@@ -34,6 +34,17 @@ def test_parse_stat_reads_the_fields_after_the_last_parenthesis(comm):
         (42, comm, 7, 15, 99, 321)
 
 
+def test_children_are_found_by_parent_pid_whatever_their_names(tmp_path):
+    for pid, comm, ppid in ((10, "gunicorn: master [app]", 1), (11, "gunicorn: worker [app]", 10),
+                            (12, "python3", 11), (13, "other", 10)):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "stat").write_text(stat_line(pid, comm, ppid=ppid))
+    (tmp_path / "14").mkdir()  # a process gone between the listing and the read
+    (tmp_path / "net").mkdir()
+    assert sorted(procstats.children(10, str(tmp_path))) == [11, 13]
+    assert procstats.children(99, str(tmp_path)) == []
+
+
 def test_parse_cmdline():
     assert parse_cmdline(b"python3\0-m\0functions\0send\0") == ["python3", "-m", "functions", "send"]
     assert parse_cmdline(b"redis-server 127.0.0.1:16379\0\0\0") == ["redis-server 127.0.0.1:16379"]
