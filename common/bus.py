@@ -55,24 +55,28 @@ def dict_to_headers(headers: dict[str, object]) -> list[tuple[str, bytes]]:
     return [(name, str(value).encode()) for name, value in headers.items()]
 
 
-# kafka-python's default lets the wait between reconnection attempts grow to 30 s: a client that
-# saw its broker away for 15 s then idled up to 30 s more after the broker was back (found by the
-# broker-restart test). The Java client's default is 1 s.
-RECONNECT_BACKOFF_MAX_MS = 1000
+def _client_options(cfg: Config) -> dict:
+    """What producers and consumers share."""
+    return dict(
+        bootstrap_servers=list(cfg.kafka.brokers),
+        allow_auto_create_topics=False,
+        metrics_enabled=False,  # nothing reads them; recording costs ~5% of a worker's CPU
+        # kafka-python's default lets the wait between reconnection attempts grow to 30 s: a client
+        # that saw its broker away for 15 s then idled up to 30 s more after the broker was back
+        # (found by the broker-restart test). The Java client's default is 1 s.
+        reconnect_backoff_max_ms=1000,
+    )
 
 
 def make_producer(cfg: Config, **overrides) -> KafkaProducer:
     options = dict(
-        bootstrap_servers=list(cfg.kafka.brokers),
+        _client_options(cfg),
         client_id=f"{cfg.app.namespace}-producer",
         acks="all",
         linger_ms=0,
         max_block_ms=10_000,
         request_timeout_ms=10_000,
         delivery_timeout_ms=30_000,
-        allow_auto_create_topics=False,
-        metrics_enabled=False,             # nothing reads them; recording costs ~5% of a worker's CPU
-        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
     )
     options.update(overrides)
     return KafkaProducer(**options)
@@ -80,7 +84,7 @@ def make_producer(cfg: Config, **overrides) -> KafkaProducer:
 
 def make_consumer(cfg: Config, function: str, **overrides) -> KafkaConsumer:
     options = dict(
-        bootstrap_servers=list(cfg.kafka.brokers),
+        _client_options(cfg),
         group_id=cfg.group(function),
         client_id=f"{cfg.group(function)}-consumer",
         enable_auto_commit=False,          # the runtime commits after outputs are flushed
@@ -89,9 +93,6 @@ def make_consumer(cfg: Config, function: str, **overrides) -> KafkaConsumer:
         session_timeout_ms=10_000,         # a killed worker's partitions move on within seconds
         heartbeat_interval_ms=1_000,
         max_poll_interval_ms=300_000,
-        allow_auto_create_topics=False,
-        metrics_enabled=False,
-        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
     )
     options.update(overrides)
     return KafkaConsumer(**options)
