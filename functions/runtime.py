@@ -91,6 +91,7 @@ class Emit:
     value: Any
     key: str | bytes | None = None
     headers: dict[str, object] = field(default_factory=dict)
+    timestamp_ms: int | None = None  # the record's timestamp; None: when it is handed to the producer
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ def dead_letter(record_topic: str, partition: int | None, offset: int | None, ke
         bus.H_ERROR: error,
         bus.H_FIRST_FAILED_MS: headers.get(bus.H_FIRST_FAILED_MS) or now,
     })
-    return Emit(cfg.topic("dlq"), raw if raw is not None else b"", key, meta)
+    return Emit(cfg.topic("dlq"), raw if raw is not None else b"", key, meta, timestamp_ms=now)
 
 
 def route_failure(event: Event, code: Code, error: str, permanent: bool, policy: RetryPolicy,
@@ -182,7 +183,9 @@ def route_failure(event: Event, code: Code, error: str, permanent: bool, policy:
                 bus.H_ERROR: error,
                 bus.H_FIRST_FAILED_MS: event.headers.get(bus.H_FIRST_FAILED_MS) or now,
             })
-            return Emit(cfg.topic("retry"), event.raw or b"", event.key, headers)
+            # Stamped with the failure's time, which the due time counts from: the record itself
+            # goes out only after the rest of its batch is processed.
+            return Emit(cfg.topic("retry"), event.raw or b"", event.key, headers, timestamp_ms=now)
         code, error = Code.RETRY_EXHAUSTED, f"{int(code)} {error}"
     if not cfg.kafka.enable_dlq:
         return None
@@ -409,7 +412,8 @@ class Worker:
                     value = out.value if isinstance(out.value, (bytes, bytearray)) else bus.encode(out.value)
                     key = out.key.encode() if isinstance(out.key, str) else out.key
                     future = self.producer.send(out.topic, value=value, key=key,
-                                                headers=bus.dict_to_headers(out.headers))
+                                                headers=bus.dict_to_headers(out.headers),
+                                                timestamp_ms=out.timestamp_ms)
                     sent.append((out.topic, future))
         except KafkaError as exc:
             raise OutputFailure(Code.PRODUCER_ERROR, _error_text(exc)) from exc

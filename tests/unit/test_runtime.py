@@ -2,6 +2,7 @@
 
 The same paths run against a real broker in tests/integration/test_runtime_kafka.py."""
 import threading
+import time
 import types
 from collections import namedtuple
 
@@ -95,10 +96,11 @@ class FakeFuture:
 
 class FakeProducer:
     def __init__(self, fail_topics=()):
-        self.sent, self.fail_topics = [], set(fail_topics)
+        self.sent, self.fail_topics, self.timestamps = [], set(fail_topics), []
 
-    def send(self, topic, value, key, headers):
+    def send(self, topic, value, key, headers, timestamp_ms=None):
         self.sent.append((topic, value, key, dict(headers)))
+        self.timestamps.append(timestamp_ms)
         return FakeFuture(topic not in self.fail_topics)
 
     def flush(self, timeout):
@@ -155,6 +157,23 @@ def test_poison_record_goes_to_dlq_and_the_good_ones_behind_it_are_processed():
     assert [(channel, bus.decode(value)) for channel, value in worker.redis.published] == [
         ("t:gw:g1", {"type": "batch", "items": [{"n": 0}, {"n": 2}]})]
     assert worker.consumer.committed == [{TP: 3}]
+
+
+def test_a_retry_record_is_stamped_with_its_failure_time_which_its_due_time_counts_from():
+    def handle(event, ctx):
+        if event.value["n"] == 0:
+            raise Transient(Code.DATABASE_ERROR, "db down")
+        time.sleep(0.05)  # the rest of the batch takes a while before its outputs go out
+        return [Emit("t.deliver", {"n": event.value["n"]})]
+
+    worker = _worker(handle, [{TP: [_rec(0, b'{"n":0}'), _rec(1, b'{"n":1}')]}])
+    before = int(time.time() * 1000)
+    worker.run_once()
+    retry = worker.producer.sent[0][3]
+    stamped = worker.producer.timestamps[0]
+    assert worker.producer.sent[0][0] == "t.retry" and before <= stamped < before + 50
+    assert int(retry[bus.H_DUE_MS]) - stamped == worker.policy.delay_ms(1)
+    assert worker.producer.timestamps[1] is None  # ordinary outputs: the producer's clock
 
 
 def test_handler_errors_are_routed_by_type():
