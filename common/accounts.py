@@ -8,10 +8,10 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from common import auth
+from common import auth, rpc
 from common.config import Config
 from common.errors import AppError, Code
-from common.models import User, db, now_ms
+from common.models import User, db, now_ms, username_key
 
 USERNAME = re.compile(r"^[A-Za-z0-9_.-]{3,32}$")
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s]{1,63}$")
@@ -75,16 +75,30 @@ def validate_profile_update(body) -> dict:
     return changes
 
 
-def register(fields: dict, request_id: str | None, cfg: Config) -> User:
-    """Create the account; idempotent per ``request_id`` (a redelivered request gets its user)."""
+def _by_name(username: str) -> User | None:
+    return User.get_or_none(User.username_key == username_key(username))
+
+
+def register(fields: dict, request_id: str | None, cfg: Config, in_time=lambda: True) -> User:
+    """Create the account, stored as typed; its name is taken in every letter case.
+
+    Idempotent: a redelivered request (same ``request_id``) and a retry with the same username
+    and password both get the account they created. ``in_time()`` is asked just before the
+    commit: when it says no, nothing is stored (:class:`common.rpc.Expired`).
+    """
     password_hash = auth.hash_password(fields["password"], cfg.auth.password_iterations)
     with db.atomic():
-        created = (User.insert(username=fields["username"], password_hash=password_hash,
-                               email=fields.get("email"), nickname=fields.get("nickname") or "",
-                               register_request_id=request_id)
+        created = (User.insert(username=fields["username"], username_key=username_key(fields["username"]),
+                               password_hash=password_hash, email=fields.get("email"),
+                               nickname=fields.get("nickname") or "", register_request_id=request_id)
                    .on_conflict_ignore().as_rowcount().execute())
-    user = User.get_or_none(User.username == fields["username"])
-    if user is None or not created and (request_id is None or user.register_request_id != request_id):
+        if created and not in_time():
+            raise rpc.Expired()  # rolls the insert back
+    user = _by_name(fields["username"])
+    if user is None:
+        raise AppError(Code.USER_EXISTS)
+    if not created and not (request_id is not None and user.register_request_id == request_id) \
+            and not auth.verify_password(fields["password"], user.password_hash):
         raise AppError(Code.USER_EXISTS)
     return user
 
@@ -96,13 +110,31 @@ def _dummy_hash(iterations: int) -> str:
 
 def login(fields: dict, cfg: Config) -> dict:
     """Check the password and issue a token. Unknown user and wrong password look the same."""
-    user = User.get_or_none(User.username == fields["username"])
+    user = _by_name(fields["username"])
     stored = user.password_hash if user else _dummy_hash(cfg.auth.password_iterations)
     # Verify even for an unknown user, so the response time does not reveal which names exist.
     if not auth.verify_password(fields["password"], stored) or user is None:
         raise AppError(Code.INVALID_PASSWORD)
     return {"token": auth.issue_token(user.id, cfg.jwt), "expires_in": cfg.jwt.ttl_seconds,
             "user": user.public()}
+
+
+_known_users: set[int] = set()
+KNOWN_USERS_MAX = 100_000
+
+
+def authenticate(token: str, cfg: Config) -> int:
+    """The user id of a valid token whose user exists (30004, 30005 otherwise). Accounts are never
+    deleted, so a user seen once is remembered: one indexed lookup per user and process."""
+    user_id = auth.verify_token(token, cfg.jwt)
+    if user_id not in _known_users:
+        with db.connection_context():
+            if not User.select().where(User.id == user_id).exists():
+                raise AppError(Code.INVALID_TOKEN, "the token's user does not exist")
+        if len(_known_users) >= KNOWN_USERS_MAX:
+            _known_users.clear()
+        _known_users.add(user_id)
+    return user_id
 
 
 def profile(user_id: int) -> User:

@@ -122,16 +122,17 @@ def membership(conversation_id: int, user_id: int) -> Member:
     return member
 
 
-def conversation_for_send(sender_id: int, to_user_id: int | None, group_id: int | None) -> Conversation:
-    """Authorize a send and return its conversation (30001, 40002, 40003, 10002)."""
-    if group_id is not None:
-        conv = _group(group_id)
-        membership(conv.id, sender_id)
-        return conv
+def _first_private(sender_id: int, to_user_id: int, msg_id: str) -> Conversation:
+    """The conversation of a pair's first message, created only when that message will be stored
+    (30001, 10002 and 10006 create nothing)."""
     if to_user_id == sender_id:
         raise AppError(Code.INVALID_PARAMS, "cannot send a private message to yourself", field="to_user_id")
     if not User.select().where(User.id == to_user_id).exists():
         raise AppError(Code.USER_NOT_FOUND)
+    # A resend would have found the conversation its first store created: a stored msg_id here
+    # belongs to another message.
+    if Message.select().where(Message.msg_id == msg_id).exists():
+        raise AppError(Code.CONFLICT, "msg_id already used for another message", field="msg_id")
     return private_conversation(sender_id, to_user_id)
 
 
@@ -166,35 +167,14 @@ class Stored:
     created: bool  # False: this msg_id was stored before (a resend or a redelivery)
 
 
-def store_message(conv: Conversation, msg_id: str, sender_id: int, content_type: str,
-                  content: str) -> Stored:
-    """Store a message with the next seq of its conversation, once per msg_id."""
-    existing = Message.get_or_none(Message.msg_id == msg_id)
-    if existing is None:
-        try:
-            with db.atomic():
-                Conversation.update(last_seq=Conversation.last_seq + 1).where(Conversation.id == conv.id).execute()
-                seq = Conversation.select(Conversation.last_seq).where(Conversation.id == conv.id).scalar()
-                message = Message.create(msg_id=msg_id, conversation_id=conv.id, seq=seq,
-                                         sender_id=sender_id, content_type=content_type,
-                                         content=content, created_at=now_ms())
-            return Stored(message, conv, True)
-        except pw.IntegrityError:
-            existing = Message.get_or_none(Message.msg_id == msg_id)  # a concurrent store won
-            if existing is None:
-                raise
-    if existing.sender_id != sender_id or existing.conversation_id != conv.id:
-        raise AppError(Code.CONFLICT, "msg_id already used for another message", field="msg_id")
-    return Stored(existing, conv, False)
-
-
 def store_messages(sends: list[tuple[int, dict]]) -> list[Stored | AppError]:
-    """Authorize and store a batch of validated sends ``(sender_id, fields)``, in order.
+    """Authorize and store a batch of validated sends ``(sender_id, fields)``, in order: the one
+    store of every message (a single send is a batch of one).
 
-    The batch form of :func:`conversation_for_send` + :func:`store_message` with the same results,
-    in a fixed number of statements: the messages of a batch get consecutive seqs per conversation
-    in one transaction. A conflict with a concurrent writer raises ``IntegrityError`` (nothing is
-    stored; the caller stores them one by one).
+    A fixed number of statements: the messages of a batch get consecutive seqs per conversation
+    in one transaction, and each sender's read cursor moves to their own last message (what you
+    sent is not unread for you). Each send gets its :class:`Stored` (``created`` False for a resend
+    of a stored msg_id: the same seq again) or its AppError (40002, 40003, 30001, 10002, 10006).
     """
     results: list[Stored | AppError | None] = [None] * len(sends)
     convs = _send_conversations(sends, results)
@@ -243,7 +223,20 @@ def _store_batch(sends, convs, results, known: dict[str, Message]) -> list[Store
             rows = [message.__data__ for message in new]
             for start in range(0, len(rows), 500):
                 Message.insert_many(rows[start:start + 500]).execute()
+            own = {(m.conversation_id, m.sender_id): m.seq for m in new}  # seqs ascend: the last wins
+            own_seq = pw.Case(None, [((Member.conversation_id == c) & (Member.user_id == u), seq)
+                                     for (c, u), seq in own.items()])
+            (Member.update(read_seq=own_seq)
+             .where(pw.Tuple(Member.conversation_id, Member.user_id).in_(list(own))).execute())
     return results
+
+
+def store_system(conv: Conversation, actor_id: int, event: str, **details) -> Stored:
+    """Store a membership event as a ``system`` message of ``conv``, through the same store."""
+    body = json.dumps({"event": event, "by": actor_id, **details}, separators=(",", ":"))
+    fields = {"msg_id": f"sys-{uuid.uuid4().hex}", "content_type": SYSTEM, "content": body}
+    (stored,) = _store_batch([(actor_id, fields)], [conv], [None], {})
+    return stored
 
 
 # Private conversations never change once created (only their last_seq, which is not read from
@@ -288,8 +281,8 @@ def _send_conversations(sends, results) -> list[Conversation | None]:
                     raise AppError(Code.NOT_GROUP_MEMBER)
             else:
                 conv = by_key.get(f"{min(sender_id, to_user_id)}:{max(sender_id, to_user_id)}")
-                if conv is None:  # a first message (or a bad recipient): the single-send path
-                    conv = conversation_for_send(sender_id, to_user_id, None)
+                if conv is None:  # a first message (or a bad recipient)
+                    conv = _first_private(sender_id, to_user_id, fields["msg_id"])
                     by_key[conv.private_key] = conv
         except AppError as exc:
             results[i], conv = exc, None
@@ -385,8 +378,9 @@ def conversations(user_id: int) -> list[dict]:
     return result
 
 
-def move_cursor(user_id: int, conversation_id: int, seq: int, ack_type: str) -> bool:
-    """Move the delivered or read cursor forward (never back); True when it moved.
+def move_cursor(user_id: int, conversation_id: int, seq: int, ack_type: str) -> int | None:
+    """Move the delivered or read cursor forward (never back, never past the conversation's last
+    seq); the seq it moved to, or None when it did not move.
 
     Reading implies delivery, so a read ack moves both.
     """
@@ -398,15 +392,10 @@ def move_cursor(user_id: int, conversation_id: int, seq: int, ack_type: str) -> 
     moved = Member.update(delivered_seq=seq).where(where & (Member.delivered_seq < seq)).execute()
     if ack_type == "read":
         moved = Member.update(read_seq=seq).where(where & (Member.read_seq < seq)).execute()
-    return bool(moved)
+    return seq if moved else None
 
 
 # -- groups ----------------------------------------------------------------------------------
-
-def _system(conv: Conversation, actor_id: int, event: str, **details) -> Stored:
-    body = json.dumps({"event": event, "by": actor_id, **details}, separators=(",", ":"))
-    return store_message(conv, f"sys-{uuid.uuid4().hex}", actor_id, SYSTEM, body)
-
 
 def _existing_users(user_ids) -> list[int]:
     ids = list(dict.fromkeys(user_ids))
@@ -433,7 +422,8 @@ def create_group(owner_id: int, name, member_ids) -> tuple[Conversation, Stored]
         rows += [{"conversation_id": conv.id, "user_id": u, "role": Member.MEMBER} for u in ids]
         for start in range(0, len(rows), 500):
             Member.insert_many(rows[start:start + 500]).on_conflict_ignore().execute()
-        stored = _system(conv, owner_id, "group_created", name=conv.name, user_ids=[owner_id, *ids])
+        stored = store_system(conv, owner_id, "group_created", name=conv.name, user_ids=[owner_id, *ids])
+    conv.last_seq = stored.message.seq
     return conv, stored
 
 
@@ -473,10 +463,13 @@ def add_members(actor_id: int, group_id: int, user_ids) -> Stored | None:
         base = Conversation.select(Conversation.last_seq).where(Conversation.id == conv.id).scalar()
         Member.insert_many([{"conversation_id": conv.id, "user_id": u, "delivered_seq": base,
                              "read_seq": base} for u in new]).on_conflict_ignore().execute()
-        return _system(conv, actor_id, "members_added", user_ids=new)
+        return store_system(conv, actor_id, "members_added", user_ids=new)
 
 
 def remove_member(actor_id: int, group_id: int, user_id: int) -> Stored:
+    """Kick a member (owner or admin; never the owner) or leave. An owner who leaves hands the
+    group on to its longest-standing admin, else its longest-standing member (``new_owner_id`` in
+    the ``member_left`` event), so a group never lacks someone who can manage it."""
     conv = _group(group_id)
     actor = membership(conv.id, actor_id)
     target = membership(conv.id, user_id)
@@ -485,5 +478,14 @@ def remove_member(actor_id: int, group_id: int, user_id: int) -> Stored:
             raise AppError(Code.FORBIDDEN, "only the owner or an admin can remove other members")
     with db.atomic():
         Member.delete().where(Member.id == target.id).execute()
-        return _system(conv, actor_id, "member_left" if actor_id == user_id else "member_removed",
-                       user_ids=[user_id])
+        if actor_id != user_id:
+            return store_system(conv, actor_id, "member_removed", user_ids=[user_id])
+        details = {}
+        if target.role == Member.OWNER:
+            heir = (Member.select().where(Member.conversation_id == conv.id)
+                    .order_by(pw.Case(None, [(Member.role == Member.ADMIN, 0)], 1), Member.id).first())
+            if heir is not None:
+                Member.update(role=Member.OWNER).where(Member.id == heir.id).execute()
+                Conversation.update(owner_id=heir.user_id).where(Conversation.id == conv.id).execute()
+                details["new_owner_id"] = heir.user_id
+        return store_system(conv, actor_id, "member_left", user_ids=[user_id], **details)

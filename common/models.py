@@ -30,9 +30,17 @@ class BaseModel(pw.Model):
         legacy_table_names = False
 
 
+def username_key(username: str) -> str:
+    """The form usernames are compared in: ASCII letters folded to lower case (the username rule
+    allows only ASCII, so "Alice" and "alice" are one name on every engine). Anything else is
+    left as it is and so matches no stored name."""
+    return username.lower() if username.isascii() else username
+
+
 class User(BaseModel):
     id = pw.BigAutoField()
-    username = pw.CharField(max_length=32, unique=True)
+    username = pw.CharField(max_length=32)  # as the user typed it
+    username_key = pw.CharField(max_length=32, unique=True)  # username_key(username): unique, compared
     password_hash = pw.CharField(max_length=200)
     email = pw.CharField(max_length=254, null=True)
     nickname = pw.CharField(max_length=64, default="")
@@ -156,7 +164,12 @@ def init_db(cfg: DbConfig) -> pw.Database:
 
 
 def migrate() -> list[str]:
-    """Create missing tables and indexes (safe to run again); return the table names."""
+    """Bring the schema up to date (safe to run again): upgrade tables an older version created,
+    create missing tables and indexes, then fix column collations; return the table names."""
+    from common import migrations
+
     with db.connection_context():
+        migrations.upgrade_existing(db)
         db.create_tables(MODELS, safe=True)
+        migrations.exact_keys(db)
     return [m._meta.table_name for m in MODELS]

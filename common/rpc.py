@@ -2,12 +2,20 @@
 
 The gateway produces ``{"request_id", "reply_to", "deadline_ms", "body"}`` to a function's topic and
 waits on its own Redis channel (``reply_to``) for ``{"type": "reply", "request_id", "ok", "data" |
-"error"}``. A function drops a request whose deadline has passed: the caller has already been told
-it timed out (10008), so doing the work later would only surprise it.
+"error"}``. ``deadline_ms`` is when the work must be committed by: the gateway waits
+:data:`REPLY_MARGIN_MS` longer, for the reply to travel back. A function drops a request whose
+deadline has passed, and rolls back work that would commit after it: the caller has already been
+told (or is about to be told) it timed out (10008), so the work must not take effect later.
 """
 from __future__ import annotations
 
 from common.errors import AppError
+
+REPLY_MARGIN_MS = 250
+
+
+class Expired(Exception):
+    """The request's deadline passed before its work could be committed; nothing was stored."""
 
 
 def ok(request_id: str, data) -> dict:

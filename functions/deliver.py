@@ -63,15 +63,16 @@ def plan(e: dict, members: dict[int, list[int]] | None = None) -> tuple[list[int
             chat.membership(conversation_id, user_id)
             if kind == "ack":
                 (seq,) = _fields(e, "seq")
-                moved = chat.move_cursor(user_id, conversation_id, seq, e.get("ack_type", "delivered"))
-                if not (moved and e.get("ack_type") == "read"):
+                seq = chat.move_cursor(user_id, conversation_id, seq, e.get("ack_type", "delivered"))
+                if seq is None or e.get("ack_type") != "read":
                     return [], None, None
         except AppError:
             return [], None, None  # not (or no longer) a member: nothing to tell anyone
         others = [u for u in chat.member_ids(conversation_id) if u != user_id]
         if kind == "typing":
             return others, {"type": "typing", "payload": {"conversation_id": conversation_id, "user_id": user_id}}, None
-        payload = {"conversation_id": conversation_id, "user_id": user_id, "seq": e["seq"], "ack_type": "read"}
+        # The seq the cursor moved to, which is never past the conversation's last message.
+        payload = {"conversation_id": conversation_id, "user_id": user_id, "seq": seq, "ack_type": "read"}
         return others, {"type": "receipt", "payload": payload}, None
     if kind == "presence":
         (user_id,) = _fields(e, "user_id")

@@ -18,7 +18,12 @@ Contract:
   to the DLQ topic at once. :class:`Transient`, and any other exception (a bug: logged with the
   event's coordinates, never its body), goes to the retry topic with its attempt count, due time and
   origin topic; when the retries are exhausted it goes to the DLQ with 50006. A poison event never
-  blocks its partition.
+  blocks its partition. A function that defines ``on_dead_letter(event, code, ctx)`` adds its
+  outputs to the dead letter's (send tells the sender, so a client always learns the outcome).
+* **Outages are not events' failures.** A database or Redis error is checked with a fresh
+  connection: when the dependency is unreachable (:class:`Outage`), the batch is rewound and tried
+  again every second at most until it is back — back-pressure, no retry budget spent, nothing
+  dead-lettered. Only failures while the dependencies answer take the retry → DLQ route.
 * **Blocking failures.** When outputs cannot be produced (50008), the DLQ hand-off fails (50007), or
   a function that declares ``ROUTE_FAILURES = False`` (retry, dlq) fails, nothing is committed: the
   batch (with the one polled after it) is rewound and tried again with backoff.
@@ -62,6 +67,7 @@ from functions.policy import RetryPolicy
 
 logger = logging.getLogger(__name__)
 COMMIT_TIMEOUT_MS = 10_000
+OUTAGE_RETRY_MS = 1_000  # how often a paused worker tries its batch again while a dependency is down
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,11 @@ class Transient(Exception):
     def __init__(self, code: Code, message: str):
         super().__init__(message)
         self.code = code
+
+
+class Outage(Transient):
+    """A shared dependency (the database, Redis) is unreachable: not a property of the event. The
+    batch is rewound and tried again until the dependency is back; no retry budget is spent."""
 
 
 class OutputFailure(Exception):
@@ -293,7 +304,8 @@ class Worker:
         try:
             futures = self.emit(self.process_all([record for records in batch.values() for record in records]))
         except (OutputFailure, Transient) as exc:
-            self._rewind([batch], exc.code, _error_text(exc))
+            self._rewind([batch], exc.code, str(exc) if isinstance(exc, Outage) else _error_text(exc),
+                         outage=isinstance(exc, Outage))
             return 0
         if futures:
             self._unacked = (batch, futures)
@@ -348,8 +360,7 @@ class Worker:
             if len(handled) != len(decoded):
                 raise RuntimeError(f"handle_batch returned {len(handled)} results for {len(decoded)} events")
         except Exception as exc:
-            if isinstance(exc, (pw.OperationalError, pw.InterfaceError)):
-                db.close()
+            self._raise_if_outage(exc)
             logger.warning("function %s batch of %d failed (%s); processing one by one", self.name,
                            len(decoded), _error_text(exc))
             handled = [None] * len(decoded)
@@ -381,9 +392,10 @@ class Worker:
         except Transient as exc:
             code, error, permanent = exc.code, _error_text(exc), False
         except (pw.OperationalError, pw.InterfaceError) as exc:
-            db.close()  # hand the connection back; the pool pings it before the next use
+            self._raise_if_outage(exc)
             code, error, permanent = Code.DATABASE_ERROR, _error_text(exc), False
         except redis.ConnectionError as exc:
+            self._raise_if_outage(exc)
             code, error, permanent = Code.CACHE_ERROR, _error_text(exc), False
         except Exception as exc:  # a bug or an unclassified server error: retry it, loudly
             logger.exception("function %s failed on %s/%d@%d", self.name, record.topic,
@@ -398,8 +410,39 @@ class Worker:
         if routed is None:
             logger.error("function %s dropped %s/%d@%d code=%d (DLQ disabled)", self.name,
                          record.topic, record.partition, record.offset, Code.RETRY_EXHAUSTED)
+            return self._given_up(event, code if permanent else Code.RETRY_EXHAUSTED)
+        if routed.topic == self.config.topic("retry"):
+            return [routed]
+        return [routed, *self._given_up(event, Code(int(routed.headers[bus.H_ERROR_CODE])))]
+
+    def _given_up(self, event: Event, code: Code) -> list[Output]:
+        """What the function tells its caller about an event it gave up on (``on_dead_letter``):
+        a sender must learn that its message was not stored."""
+        hook = getattr(self.module, "on_dead_letter", None)
+        if hook is None or not isinstance(event.value, dict):
             return []
-        return [routed]
+        try:
+            return list(hook(event, code, self.ctx) or ())
+        except Exception:  # the dead letter itself is what matters; never lose it over this
+            logger.exception("function %s on_dead_letter failed", self.name)
+            return []
+
+    def _raise_if_outage(self, exc: BaseException) -> None:
+        """Raise :class:`Outage` when ``exc`` came from a dependency that is now unreachable (a
+        fresh connection fails too); return when it is reachable, so the event's own retries
+        apply. Database errors hand the connection back first; the pool pings before reuse."""
+        if isinstance(exc, (pw.OperationalError, pw.InterfaceError)):
+            db.close()
+            try:
+                db.execute_sql("SELECT 1")
+            except (pw.OperationalError, pw.InterfaceError) as probe:
+                db.close()
+                raise Outage(Code.DATABASE_ERROR, f"database unreachable: {_error_text(probe)}") from exc
+        elif isinstance(exc, redis.ConnectionError):
+            try:
+                self.redis.ping()
+            except (redis.ConnectionError, redis.TimeoutError) as probe:
+                raise Outage(Code.CACHE_ERROR, f"redis unreachable: {_error_text(probe)}") from exc
 
     # -- outputs ----------------------------------------------------------------------------
     def emit(self, outputs: list[Output]) -> list:
@@ -440,8 +483,9 @@ class Worker:
                 code = Code.DLQ_SEND_FAILED if topic == dlq_topic else Code.PRODUCER_ERROR
                 raise OutputFailure(code, f"producing to {topic} failed: {future.exception}")
 
-    def _rewind(self, batches: list, code: Code, error: str) -> None:
-        """Seek back to the first records of the batches and wait before trying them again."""
+    def _rewind(self, batches: list, code: Code, error: str, outage: bool = False) -> None:
+        """Seek back to the first records of the batches and wait before trying them again
+        (during an outage at most :data:`OUTAGE_RETRY_MS`, so work resumes soon after it ends)."""
         first: dict = {}
         for batch in batches:
             for tp, records in (batch or {}).items():
@@ -450,6 +494,8 @@ class Worker:
             self.consumer.seek(tp, offset)
         self._blocked += 1
         delay_ms = self.policy.delay_ms(min(self._blocked, 30)) if self.policy.max_attempts else 1000
+        if outage:
+            delay_ms = min(delay_ms, OUTAGE_RETRY_MS)
         logger.error("function %s could not finish a batch code=%d (try %d, again in %d ms): %s",
                      self.name, code, self._blocked, delay_ms, error)
         self.stop.wait(delay_ms / 1000)

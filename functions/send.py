@@ -13,7 +13,9 @@ Idempotency: ``msg_id``. A resent or redelivered message is stored once and re-e
 and deliver event (same seq), so a crash between the commit and the produce heals itself.
 Errors answered to the sender as ``{type: "error", ok: false, error: {code, message, ref}}``:
 10002 bad field, 10006 msg_id reused, 30001 unknown recipient, 40002 unknown group,
-40003 not a member. Database outages are retried (20001) and then dead-lettered (50006).
+40003 not a member. A database or Redis outage pauses the function until it ends (the runtime's
+back-pressure); a send that keeps failing while they answer is retried, then dead-lettered, and
+its sender gets an error with that code (50006) and the msg_id (``on_dead_letter``).
 """
 from common import chat
 from common.errors import AppError, Code
@@ -42,16 +44,8 @@ def _outputs(e: dict, result, ctx) -> list:
 
 
 def handle(event, ctx):
-    e = event.value
-    _check(e)
-    try:
-        fields = chat.validate_send(e)
-        conv = chat.conversation_for_send(e["sender_id"], fields["to_user_id"], fields["group_id"])
-        result = chat.store_message(conv, fields["msg_id"], e["sender_id"], fields["content_type"],
-                                    fields["content"])
-    except AppError as exc:
-        result = exc
-    return _outputs(e, result, ctx)
+    _check(event.value)  # Invalid: the runtime dead-letters it
+    return handle_batch([event], ctx)[0]
 
 
 def handle_batch(events, ctx):
@@ -71,3 +65,12 @@ def handle_batch(events, ctx):
     for i, result in zip(positions, chat.store_messages(sends) if sends else ()):
         results[i] = _outputs(events[i].value, result, ctx)
     return results
+
+
+def on_dead_letter(event, code: Code, ctx):
+    """A send given up on: its sender learns the message was not stored, and may send it again."""
+    e = event.value
+    if not isinstance(e.get("reply_to"), str) or not isinstance(e.get("msg_id"), str):
+        return []
+    return [reply(e, {"type": "error", "ok": False,
+                      "error": {"code": int(code), "message": code.message, "ref": e["msg_id"]}})]

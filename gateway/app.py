@@ -39,6 +39,7 @@ class Gateway:
         self.inbox = inbox
         self.hub = Hub(self)
         inbox.on_message = self.hub.on_message
+        inbox.on_lost = self.hub.reply_channel_lost
 
     @classmethod
     def connect(cls, cfg: Config) -> "Gateway":
@@ -99,7 +100,8 @@ class Gateway:
 
     def call(self, function: str, body: dict):
         """Ask a request/reply function (register, login); its result or its AppError."""
-        deadline = now_ms() + self.cfg.kafka.request_timeout_ms
+        # The function must commit by the deadline; the margin is for its reply to reach us.
+        deadline = now_ms() + self.cfg.kafka.request_timeout_ms - rpc.REPLY_MARGIN_MS
         reply = self.request(function, {"deadline_ms": deadline, "body": body}, uuid.uuid4().hex)
         return rpc.result(reply)
 

@@ -16,7 +16,7 @@ import redis
 from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from common import __version__, accounts, auth, chat, presence, rpc
+from common import __version__, accounts, chat, presence, rpc
 from common.config import REPO_ROOT
 from common.errors import AppError, Code
 from common.models import DeadLetter, db, now_ms
@@ -44,7 +44,7 @@ def require_user(view):
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AppError(Code.INVALID_TOKEN, "missing bearer token")
-        g.user_id = auth.verify_token(token.strip(), current_app.config["PINGME"].jwt)
+        g.user_id = accounts.authenticate(token.strip(), current_app.config["PINGME"])
         return view(*args, **kwargs)
     return wrapper
 

@@ -20,10 +20,13 @@ logger = logging.getLogger(__name__)
 
 
 class Inbox:
-    def __init__(self, redis_client: redis.Redis, channel: str, on_message=None):
+    def __init__(self, redis_client: redis.Redis, channel: str, on_message=None, on_lost=None):
         self.redis = redis_client
         self.channel = channel
         self.on_message = on_message  # everything that is not a reply to a waiting request
+        # Called when the subscription drops: whatever was published to the channel until it is
+        # back is lost, so the gateway tells its clients to reconnect and resend.
+        self.on_lost = on_lost
         self._waiters: dict[str, queue.Queue] = {}
         self._subscribed = threading.Event()
         self._stop = threading.Event()
@@ -80,7 +83,10 @@ class Inbox:
                     except (ValueError, TypeError):
                         logger.warning("inbox %s: undecodable message dropped", self.channel)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                was_subscribed = self._subscribed.is_set()
                 self._subscribed.clear()
+                if was_subscribed and self.on_lost is not None:
+                    self.on_lost()
                 logger.warning("inbox %s: redis unavailable (%s); resubscribing in %.1fs",
                                self.channel, exc, backoff)
                 time.sleep(backoff)

@@ -26,13 +26,15 @@ import uuid
 
 import flask_sock
 import gevent
+import peewee as pw
+import redis
 import simple_websocket
 from flask import current_app, request
 from wsproto.events import AcceptConnection, Ping
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
-from common import auth, presence
+from common import accounts, presence
 from common.errors import AppError, Code
 from common.models import now_ms
 from gateway.app import sock
@@ -43,6 +45,10 @@ AUTH_TIMEOUT_S = 10
 RECEIVE_POLL_S = 30
 CLOSE_AUTH_FAILED = 4001
 CLOSE_AUTH_TIMEOUT = 4002
+# RFC 6455 "Try Again Later": the gateway cannot answer right now (it lost its Redis reply channel,
+# or Redis is down); reconnect with backoff and resend every unacknowledged message (same msg_id).
+CLOSE_TRY_AGAIN = 1013
+CLOSE_SERVER_ERROR = 1011
 SERVER_OPTIONS = {"ping_interval": 25, "max_message_size": 64 * 1024}
 DEFAULT_BACKLOG = 256
 
@@ -260,6 +266,15 @@ class Hub:
         conn.close()
         return presence.disconnect(self.gateway.redis, self.gateway.cfg, conn.user_id, conn.conn_id, now_ms())
 
+    def reply_channel_lost(self) -> None:
+        """The inbox lost its subscription: acks and errors published until it is back are gone,
+        so every client is told to reconnect and resend what is unacknowledged."""
+        conns = list(self.conns.values())
+        logger.warning("reply channel lost code=%d: closing %d connections with %d", Code.CACHE_ERROR,
+                       len(conns), CLOSE_TRY_AGAIN)
+        for conn in conns:
+            conn.close(CLOSE_TRY_AGAIN, "reply channel lost; reconnect and resend")
+
     def on_message(self, message: dict) -> None:
         """A message on this gateway's channel that is not a reply to a waiting HTTP request."""
         kind = message.get("type")
@@ -306,7 +321,7 @@ def _authenticate(ws, cfg) -> int | None:
         except (ValueError, TypeError, KeyError, AttributeError):
             token = None
     try:
-        return auth.verify_token(token or "", cfg.jwt)
+        return accounts.authenticate(token or "", cfg)
     except AppError as exc:
         ws.send(frame("auth_fail", {"code": int(exc.code), "message": exc.message}))
         ws.close(reason=CLOSE_AUTH_FAILED, message=exc.message)
@@ -315,18 +330,46 @@ def _authenticate(ws, cfg) -> int | None:
 
 @sock.route("/ws")
 def websocket(ws):
+    """Every way this ends is a WebSocket close with a documented code, never an HTTP answer
+    written into the upgraded socket."""
+    gw = current_app.extensions["pingme"]
+    try:
+        if not gw.inbox.connected:
+            ws.close(reason=CLOSE_TRY_AGAIN, message="reply channel unavailable; reconnect later")
+            return
+        _serve(ws, gw)
+    except simple_websocket.ConnectionClosed:
+        raise  # flask-sock ends the request quietly
+    except redis.RedisError as exc:
+        logger.error("websocket closed code=%d: redis unavailable (%s)", Code.CACHE_ERROR, type(exc).__name__)
+        _close_quietly(ws, CLOSE_TRY_AGAIN, "redis unavailable; reconnect later")
+    except (pw.OperationalError, pw.InterfaceError) as exc:
+        logger.error("websocket closed code=%d: database unavailable (%s)", Code.DATABASE_ERROR,
+                     type(exc).__name__)
+        _close_quietly(ws, CLOSE_TRY_AGAIN, "database unavailable; reconnect later")
+    except Exception:
+        logger.exception("websocket closed code=%d: unexpected error", Code.WEBSOCKET_ERROR)
+        _close_quietly(ws, CLOSE_SERVER_ERROR, "server error")
+
+
+def _close_quietly(ws, code: int, reason: str) -> None:
+    try:
+        ws.close(reason=code, message=reason)
+    except Exception:  # the peer is already gone
+        pass
+
+
+def _serve(ws, gw) -> None:
     from gateway import frames
 
-    gw = current_app.extensions["pingme"]
     user_id = _authenticate(ws, gw.cfg)
     if user_id is None:
         return
     conn = Connection(ws, user_id, gw.cfg.app.ws_queue_limit)
-    came_online = gw.hub.add(conn)
-    conn.push(frame("auth_ok", {"user_id": user_id, "conn_id": conn.conn_id}))
-    if came_online:
-        gw.announce_presence(user_id, True)
     try:
+        if gw.hub.add(conn):
+            gw.announce_presence(user_id, True)
+        conn.push(frame("auth_ok", {"user_id": user_id, "conn_id": conn.conn_id}))
         while not conn.closed:
             text = ws.receive(timeout=RECEIVE_POLL_S)
             if text is None:
@@ -334,5 +377,8 @@ def websocket(ws):
             for reply in frames.handle(text, conn, gw):
                 conn.push(reply)
     finally:
-        if gw.hub.remove(conn):
-            gw.announce_presence(user_id, False)
+        try:
+            if gw.hub.remove(conn):
+                gw.announce_presence(user_id, False)
+        except redis.RedisError:  # its presence entry expires by itself
+            pass

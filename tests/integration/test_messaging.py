@@ -27,7 +27,7 @@ def make_users(cfg, count: int) -> list[User_]:
     """Users created straight in the database (registration has its own tests), with tokens."""
     prefix = "m" + uuid.uuid4().hex[:8]
     with db.connection_context():
-        User.insert_many([{"username": f"{prefix}{i}", "password_hash": "x", "nickname": f"n{i}"}
+        User.insert_many([{"username": f"{prefix}{i}", "username_key": f"{prefix}{i}", "password_hash": "x", "nickname": f"n{i}"}
                           for i in range(count)]).execute()
         ids = [u.id for u in User.select(User.id).where(User.username.startswith(prefix)).order_by(User.id)]
     return [User_(uid, auth.issue_token(uid, cfg.jwt)) for uid in ids]

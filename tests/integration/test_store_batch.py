@@ -24,7 +24,7 @@ def test_batch_assigns_consecutive_seqs_and_answers_each_send_like_one_by_one(cf
         a, b, c, outsider = _users(cfg, 4)
         group, _ = chat.create_group(a, "batch", [b, c])           # seq 1: group_created
         known = chat.private_conversation(a, c)
-        chat.store_message(known, "sb-old", a, "text", "earlier")  # seq 1 of a↔c
+        chat.store_messages([_send(a, "sb-old", to=c, content="earlier")])  # seq 1 of a↔c
         m = uuid.uuid4().hex[:8]
         sends = [
             _send(a, f"{m}-1", to=b),            # first message of a↔b: conversation created
@@ -62,3 +62,38 @@ def test_batch_assigns_consecutive_seqs_and_answers_each_send_like_one_by_one(cf
     assert stored[(pair.id, 1)] == f"{m}-1" and stored[(pair.id, 2)] == f"{m}-2"
     assert stored[(group.id, 2)] == f"{m}-3" and stored[(group.id, 3)] == f"{m}-7"
     assert sorted(k for k in stored if k[0] == known.id) == [(known.id, 1)]
+
+
+def test_msg_ids_differing_only_by_case_accent_or_trailing_space_are_distinct_messages(cfg):
+    # MariaDB's default collation once merged these: the second got the first's seq and ack.
+    with db.connection_context():
+        a, b = _users(cfg, 2)
+        m = uuid.uuid4().hex[:8]
+        ids = [f"{m}-e", f"{m}-E", f"{m}-\u00e9", f"{m}-e "]
+        results = chat.store_messages([_send(a, msg_id, to=b, content=f"body {i}")
+                                       for i, msg_id in enumerate(ids)])
+        assert [r.created for r in results] == [True] * 4
+        assert len({r.message.seq for r in results}) == 4
+        rows = {row.msg_id: row.content for row in Message.select().where(Message.msg_id.startswith(m))}
+        assert rows == {msg_id: f"body {i}" for i, msg_id in enumerate(ids)}
+
+
+def test_usernames_are_unique_in_any_letter_case_and_kept_as_typed(cfg):
+    with db.connection_context():
+        name = f"Case{uuid.uuid4().hex[:6]}"
+        user = accounts.register(accounts.validate_registration({"username": name, "password": "pw-123456"}),
+                                 None, cfg)
+        assert user.username == name
+        try:
+            accounts.register(accounts.validate_registration({"username": name.lower(), "password": "other-pw1"}),
+                              None, cfg)
+            raise AssertionError("a name differing only by case was registered")
+        except AppError as exc:
+            assert exc.code == Code.USER_EXISTS
+        logged_in = accounts.login({"username": name.upper(), "password": "pw-123456"}, cfg)
+        assert logged_in["user"]["username"] == name
+        try:
+            accounts.login({"username": name + " ", "password": "pw-123456"}, cfg)
+            raise AssertionError("a trailing space matched the name")
+        except AppError as exc:
+            assert exc.code == Code.INVALID_PASSWORD

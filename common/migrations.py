@@ -1,0 +1,83 @@
+"""Schema migrations: what :func:`common.models.migrate` does to a database an older version made.
+
+A fresh database gets the current shape from the models; these steps bring an existing one to the
+same shape, and each is written to converge: it looks at the schema first and does nothing when
+its change is already there, so running ``migrate()`` again is always safe.
+
+* :func:`upgrade_existing` (before the tables are created): changes to tables that already exist.
+  - usernames compare case-insensitively on every engine (``user.username_key``, unique). Names
+    that an older SQLite database held twice in different cases keep the oldest account's name; the
+    later accounts are renamed ``<name>-<id>`` (logged), so every account can still log in.
+* :func:`exact_keys` (after): on MySQL/MariaDB, ``message.msg_id`` and ``user.username_key``
+  compare byte for byte (a binary collation without trailing-space padding). The server's default
+  collations are case-, accent- and trailing-space-insensitive, which merged distinct messages.
+"""
+from __future__ import annotations
+
+import logging
+
+import peewee as pw
+from playhouse.migrate import SchemaMigrator, migrate
+
+logger = logging.getLogger(__name__)
+
+# Binary and NO PAD ("a" != "a "): MariaDB's name first, then MySQL 8's.
+BINARY_COLLATIONS = ("utf8mb4_nopad_bin", "utf8mb4_0900_bin")
+EXACT_COLUMNS = (("message", "msg_id", 64), ("user", "username_key", 32))
+
+
+def _real(database):
+    return database.obj if isinstance(database, pw.DatabaseProxy) else database
+
+
+def upgrade_existing(database) -> None:
+    database = _real(database)
+    if "user" in database.get_tables() and \
+            "username_key" not in {c.name for c in database.get_columns("user")}:
+        _add_username_key(database)
+
+
+def _add_username_key(database) -> None:
+    from common.models import User, username_key
+
+    migrator = SchemaMigrator.from_database(database)
+    migrate(migrator.add_column("user", "username_key", pw.CharField(max_length=32, null=True)))
+    taken: set[str] = set()
+    with database.atomic():
+        for user_id, name in User.select(User.id, User.username).order_by(User.id).tuples():
+            new_name, n = name, 0
+            while username_key(new_name) in taken:
+                n += 1
+                suffix = f"-{user_id}" + (f"-{n}" if n > 1 else "")
+                new_name = name[:32 - len(suffix)] + suffix
+            if new_name != name:
+                logger.warning("migration: user %d renamed to %r (its name differs from an older "
+                               "account's only by case)", user_id, new_name)
+            taken.add(username_key(new_name))
+            User.update(username=new_name, username_key=username_key(new_name)).where(User.id == user_id).execute()
+    for index in database.get_indexes("user"):
+        if index.columns == ["username"]:
+            migrate(migrator.drop_index("user", index.name))
+    migrate(migrator.add_index("user", ("username_key",), True))
+    logger.info("migration: usernames now compare case-insensitively (user.username_key)")
+
+
+def exact_keys(database) -> None:
+    database = _real(database)
+    if not isinstance(database, pw.MySQLDatabase):
+        return  # SQLite compares text byte for byte already
+    available = {row[0] for row in database.execute_sql(
+        "SELECT COLLATION_NAME FROM information_schema.COLLATIONS WHERE COLLATION_NAME IN (%s, %s)",
+        BINARY_COLLATIONS)}
+    collation = next((c for c in BINARY_COLLATIONS if c in available), None)
+    if collation is None:
+        raise RuntimeError(f"the database server has none of the collations {BINARY_COLLATIONS}")
+    for table, column, length in EXACT_COLUMNS:
+        row = database.execute_sql(
+            "SELECT COLLATION_NAME, IS_NULLABLE FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND COLUMN_NAME = %s",
+            (table, column)).fetchone()
+        if row is not None and (row[0] != collation or row[1] != "NO"):
+            database.execute_sql(f"ALTER TABLE `{table}` MODIFY `{column}` VARCHAR({length}) "
+                                 f"CHARACTER SET utf8mb4 COLLATE {collation} NOT NULL")
+            logger.info("migration: %s.%s now compares byte for byte (%s)", table, column, collation)
