@@ -2,7 +2,7 @@
 PYTHON ?= python3
 SERVICES := deploy/local/services.sh
 
-.PHONY: help install services dev bench-dev stop status test test-unit test-integration config-table
+.PHONY: help install deps services dev bench-dev stop status test test-unit test-integration config-table
 
 help:
 	@echo "make dev        start Kafka, Redis, the functions and the gateway (SQLite); prints the URL"
@@ -11,19 +11,26 @@ help:
 	@echo "make test-unit  the pure unit tests only (no servers)"
 	@echo "make bench-dev  the system as benchmarked (MariaDB, fast password hashing): docs/BENCHMARKS.md"
 
-install:
-	$(PYTHON) -m pip install -q -r requirements.txt
+install: deps
 	bash $(SERVICES) install
+
+# The Python packages, installed when missing or when a requirements file changed since the last
+# install (a fresh clone needs nothing installed by hand before `make dev` or `make test`).
+DEPS_STAMP := .state/deps.stamp
+deps: $(DEPS_STAMP)
+$(DEPS_STAMP): requirements.txt requirements-bench.txt
+	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-bench.txt
+	@mkdir -p $(@D) && touch $@
 
 services:
 	bash $(SERVICES) start
 
-dev: services
+dev: deps services
 	bash deploy/local/dev.sh start
 
 # The system as docs/BENCHMARKS.md measures it: MariaDB instead of SQLite, cheap password hashing so
 # registering thousands of load users is quick, room for 25,000 sockets. Never for production.
-bench-dev: services
+bench-dev: deps services
 	eval "$$(bash $(SERVICES) env)" && DB_ENGINE=mysql PASSWORD_ITERATIONS=1000 WORKER_CONNECTIONS=25000 \
 		bash deploy/local/dev.sh start
 
@@ -35,13 +42,13 @@ status:
 	bash deploy/local/dev.sh status
 	bash $(SERVICES) status
 
-test: services
+test: deps services
 	$(PYTHON) -m pytest -q tests
 
-test-unit:
+test-unit: deps
 	$(PYTHON) -m pytest -q tests/unit
 
-test-integration: services
+test-integration: deps services
 	$(PYTHON) -m pytest -q tests/integration
 
 config-table:
