@@ -1,4 +1,5 @@
 """The send function's batch store on MariaDB: the same results as storing one by one."""
+import json
 import uuid
 
 from common import accounts, chat
@@ -97,3 +98,39 @@ def test_usernames_are_unique_in_any_letter_case_and_kept_as_typed(cfg):
             raise AssertionError("a trailing space matched the name")
         except AppError as exc:
             assert exc.code == Code.INVALID_PASSWORD
+
+
+def test_own_messages_are_not_unread_and_cursors_stop_at_the_last_message(cfg):
+    with db.connection_context():
+        a, b = _users(cfg, 2)
+        m = uuid.uuid4().hex[:8]
+        (first,) = chat.store_messages([_send(a, f"{m}-1", to=b)])
+        conv_id = first.conversation.id
+        unread = {c["conversation_id"]: c["unread_count"] for c in chat.conversations(a)}
+        assert unread[conv_id] == 0                                   # the sender's own message
+        assert {c["conversation_id"]: c["unread_count"] for c in chat.conversations(b)}[conv_id] == 1
+        assert chat.move_cursor(b, conv_id, 2 ** 62, "read") == 1     # moved to the last seq, not 2^62
+        assert chat.move_cursor(b, conv_id, 1, "read") is None        # never back, never twice
+        group, _ = chat.create_group(a, "own", [b])
+        assert group.last_seq == 1                                    # group_created is seq 1
+        assert {c["conversation_id"]: c["unread_count"] for c in chat.conversations(a)}[group.id] == 0
+
+
+def test_a_refused_first_message_creates_no_conversation(cfg):
+    with db.connection_context():
+        a, b, c = _users(cfg, 3)
+        m = uuid.uuid4().hex[:8]
+        chat.store_messages([_send(a, f"{m}-1", to=b)])
+        (refused,) = chat.store_messages([_send(c, f"{m}-1", to=b)])   # msg_id of another message
+        assert isinstance(refused, AppError) and refused.code == Code.CONFLICT
+        assert chat.conversations(c) == []
+
+
+def test_an_owner_who_leaves_hands_the_group_on(cfg):
+    with db.connection_context():
+        owner, first, second = _users(cfg, 3)
+        group, _ = chat.create_group(owner, "heirs", [first, second])
+        left = chat.remove_member(owner, group.id, owner)
+        assert json.loads(left.message.content)["new_owner_id"] == first
+        assert Conversation.get_by_id(group.id).owner_id == first
+        chat.add_members(first, group.id, [owner])                    # the new owner can manage it
