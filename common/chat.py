@@ -92,10 +92,14 @@ def seq_param(raw, name: str, default: int | None = None) -> int | None:
 
 # -- conversations ---------------------------------------------------------------------------
 
+def _pair_key(user_a: int, user_b: int) -> str:
+    return f"{min(user_a, user_b)}:{max(user_a, user_b)}"
+
+
 def private_conversation(user_a: int, user_b: int) -> Conversation:
     """The one private conversation of a pair, created on first use (idempotent)."""
     low, high = sorted((user_a, user_b))
-    key = f"{low}:{high}"
+    key = _pair_key(low, high)
     conv = Conversation.get_or_none(Conversation.private_key == key)
     if conv is None:
         with db.atomic():
@@ -129,11 +133,15 @@ def _first_private(sender_id: int, to_user_id: int, msg_id: str) -> Conversation
         raise AppError(Code.INVALID_PARAMS, "cannot send a private message to yourself", field="to_user_id")
     if not User.select().where(User.id == to_user_id).exists():
         raise AppError(Code.USER_NOT_FOUND)
-    # A resend would have found the conversation its first store created: a stored msg_id here
-    # belongs to another message.
-    if Message.select().where(Message.msg_id == msg_id).exists():
+    existing = Message.get_or_none(Message.msg_id == msg_id)
+    if existing is None:
+        return private_conversation(sender_id, to_user_id)
+    # Stored already: this message's own first store (a redelivery that raced it, its
+    # conversation created since this batch looked), or another message's msg_id.
+    conv = Conversation.get_or_none(Conversation.private_key == _pair_key(sender_id, to_user_id))
+    if conv is None or existing.conversation_id != conv.id or existing.sender_id != sender_id:
         raise AppError(Code.CONFLICT, "msg_id already used for another message", field="msg_id")
-    return private_conversation(sender_id, to_user_id)
+    return conv
 
 
 def member_ids(conversation_id: int) -> list[int]:
@@ -258,7 +266,7 @@ def _private_conversations(keys: set[str]) -> dict[str, Conversation]:
 
 def _send_conversations(sends, results) -> list[Conversation | None]:
     """The conversation of each send (one query per kind); errors go into ``results``."""
-    pairs = {f"{min(s, f['to_user_id'])}:{max(s, f['to_user_id'])}" for s, f in sends if f["group_id"] is None}
+    pairs = {_pair_key(s, f["to_user_id"]) for s, f in sends if f["group_id"] is None}
     by_key = _private_conversations(pairs)
     group_ids = {f["group_id"] for _, f in sends if f["group_id"] is not None}
     groups, members = {}, set()
@@ -280,7 +288,7 @@ def _send_conversations(sends, results) -> list[Conversation | None]:
                 if (group_id, sender_id) not in members:
                     raise AppError(Code.NOT_GROUP_MEMBER)
             else:
-                conv = by_key.get(f"{min(sender_id, to_user_id)}:{max(sender_id, to_user_id)}")
+                conv = by_key.get(_pair_key(sender_id, to_user_id))
                 if conv is None:  # a first message (or a bad recipient)
                     conv = _first_private(sender_id, to_user_id, fields["msg_id"])
                     by_key[conv.private_key] = conv

@@ -123,24 +123,6 @@ class Proc:
             self._log.close()
 
 
-@pytest.fixture(scope="session")
-def start_function(base_env, cfg):
-    """Start ``python -m functions NAME`` with optional env overrides; stopped at session end.
-    With ``ready`` it returns once the worker has joined its group and got its partitions."""
-    procs: list[Proc] = []
-
-    def start(name: str, ready: bool = True, **env) -> Proc:
-        proc = Proc([sys.executable, "-m", "functions", name], {**base_env, **env}, f"fn-{name}")
-        procs.append(proc)
-        if ready:
-            wait_for(lambda: "partitions assigned" in proc.log(), timeout=60, what=f"{name} to join its group")
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.stop()
-
-
 class Api:
     """A tiny JSON client for the gateway (urllib: no extra package)."""
 
@@ -160,17 +142,33 @@ class Api:
             return err.code, json.loads(err.read())
 
 
-@pytest.fixture(scope="session")
-def start_gateway(base_env, cfg):
-    """Start the gateway under gunicorn (gevent worker) and wait until it answers /health."""
-    procs: list[Proc] = []
+class Procs:
+    """The functions and gateways one fixture scope started; :meth:`stop` ends them all.
 
-    def start(**env) -> Api:
+    Scoped, so that nothing outlives its test or module: idle workers left running kept
+    rebalancing consumer groups and loading the two cores, and a restarted broker then took
+    longer than its tests wait."""
+
+    def __init__(self, base_env):
+        self.base_env = base_env
+        self.procs: list[Proc] = []
+
+    def function(self, name: str, ready: bool = True, **env) -> Proc:
+        """Start ``python -m functions NAME`` with optional env overrides. With ``ready`` it
+        returns once the worker has joined its group and got its partitions."""
+        proc = Proc([sys.executable, "-m", "functions", name], {**self.base_env, **env}, f"fn-{name}")
+        self.procs.append(proc)
+        if ready:
+            wait_for(lambda: "partitions assigned" in proc.log(), timeout=60, what=f"{name} to join its group")
+        return proc
+
+    def gateway(self, **env) -> Api:
+        """Start the gateway under gunicorn (gevent worker) and wait until it answers /health."""
         port = free_port()
         proc = Proc([sys.executable, "-m", "gunicorn", "-c", "gateway/gunicorn.conf.py",
                      "gateway.wsgi:app"],
-                    {**base_env, "APP_HOST": "127.0.0.1", "APP_PORT": str(port), **env}, "gateway")
-        procs.append(proc)
+                    {**self.base_env, "APP_HOST": "127.0.0.1", "APP_PORT": str(port), **env}, "gateway")
+        self.procs.append(proc)
         api = Api(f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -186,17 +184,43 @@ def start_gateway(base_env, cfg):
             time.sleep(0.2)
         pytest.fail(f"gateway not healthy in 30 s:\n{proc.log()[-3000:]}")
 
-    yield start
-    for proc in procs:
-        proc.stop()
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+@pytest.fixture
+def procs(base_env, cfg):
+    procs = Procs(base_env)
+    yield procs
+    procs.stop()
+
+
+@pytest.fixture
+def start_function(procs):
+    """Start a function for this test (stopped at its end)."""
+    return procs.function
+
+
+@pytest.fixture
+def start_gateway(procs):
+    """Start a gateway for this test (stopped at its end)."""
+    return procs.gateway
 
 
 @pytest.fixture(scope="module")
-def system(start_function, start_gateway):
+def module_procs(base_env, cfg):
+    procs = Procs(base_env)
+    yield procs
+    procs.stop()
+
+
+@pytest.fixture(scope="module")
+def system(module_procs):
     """Every chat function as its own process and two gateways (clients on either see each other)."""
     for name in ("register", "login", "send", "deliver"):
-        start_function(name)
-    return start_gateway(), start_gateway()
+        module_procs.function(name)
+    return module_procs.gateway(), module_procs.gateway()
 
 
 @pytest.fixture(scope="module")

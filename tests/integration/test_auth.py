@@ -11,10 +11,10 @@ from tests.integration.conftest import wait_for
 
 
 @pytest.fixture(scope="module")
-def api(start_function, start_gateway):
-    start_function("register")
-    start_function("login")
-    return start_gateway()
+def api(module_procs):
+    module_procs.function("register")
+    module_procs.function("login")
+    return module_procs.gateway()
 
 
 def _name():

@@ -13,12 +13,13 @@ import time
 import uuid
 
 import pytest
+import simple_websocket
 
 from common import bus, config as config_mod
 from common.models import DeadLetter, Message, db
 
 from tests.integration.conftest import REPO
-from tests.integration.test_messaging import Client, make_users, mid
+from tests.integration.test_messaging import Client, make_users, mid, refused
 
 pytestmark = pytest.mark.slow
 
@@ -152,3 +153,46 @@ def test_kafka_broker_restart_loses_no_acknowledged_message(base_env, start_func
     assert set(result["error_codes"]) <= {50008}
     assert result["acked_not_delivered"] == 0 and result["sync_problems"] == 0, output[-3000:]
     assert result["acked"] + result["errors"] == result["sent"]
+
+
+def _connect_when_ready(gw, user, timeout: float = 30) -> Client:
+    """A client, once the gateway accepts sockets again (it closes them with 1013 until then)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return Client(gw, user)
+        except (AssertionError, simple_websocket.ConnectionError, simple_websocket.ConnectionClosed):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_redis_outage_closes_sockets_with_1013_and_resends_are_stored_once(cfg, base_env, start_function,
+                                                                           start_gateway, services):
+    _, _, _, gw = _scenario(base_env, start_function, start_gateway, functions=("send", "deliver"))
+    alice, bob = make_users(cfg, 2)
+    a, b = Client(gw, alice), Client(gw, bob)
+    ids = [mid() for _ in range(5)]
+    for msg in ids[:3]:
+        a.send("send", {"msg_id": msg, "to_user_id": bob.id, "content": "before"})
+    first = {ack["msg_id"]: ack["seq"] for ack in (a.expect("message_ack", timeout=30) for _ in ids[:3])}
+
+    services("stop", "redis")
+    try:
+        # Replies and pushes travel through Redis: every socket is told to come back later...
+        assert (a.close_code(), b.close_code()) == (1013, 1013)
+        # ... and so is a socket opened during the outage (no HTTP 500, no silent close).
+        assert [(op, int.from_bytes(body[:2], "big")) for op, body in refused(gw, alice.token)] == [(8, 1013)]
+    finally:
+        services("start", "redis")
+
+    a, b = _connect_when_ready(gw, alice), _connect_when_ready(gw, bob)
+    for msg in ids:  # the client resends what it is not sure of: here all five
+        a.send("send", {"msg_id": msg, "to_user_id": bob.id, "content": "before" if msg in first else "after"})
+    acks = {ack["msg_id"]: ack["seq"] for ack in (a.expect("message_ack", timeout=60) for _ in ids)}
+    assert {m: acks[m] for m in first} == first  # a resend is answered with its first seq
+    assert sorted(acks.values()) == [1, 2, 3, 4, 5]
+    _assert_once_gap_free(_stored(ids), ids)
+    assert {b.expect("message", timeout=30, where=lambda p: p["msg_id"] in ids[3:])["msg_id"]
+            for _ in ids[3:]} == set(ids[3:])
+    a.close(), b.close()

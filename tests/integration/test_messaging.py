@@ -8,6 +8,7 @@ import socket
 import time
 import uuid
 
+import peewee as pw
 import pytest
 import simple_websocket
 
@@ -74,6 +75,16 @@ class Client:
             if frame and frame["type"] == kind:
                 return False
         return True
+
+    def close_code(self, timeout: float = 30.0) -> int | None:
+        """Wait for the server to close the socket; its close code (frames before it are kept)."""
+        deadline = time.monotonic() + timeout
+        try:
+            while self.ws.connected and time.monotonic() < deadline:
+                self.next(timeout=0.2)
+        except simple_websocket.ConnectionClosed:
+            pass
+        return None if self.ws.connected else self.ws.close_reason
 
     def close(self):
         try:
@@ -295,16 +306,35 @@ def test_bad_frames_get_errors_and_the_connection_stays_healthy(cfg, gw1, client
     assert gw1.call("GET", "/health")[0] == 200
 
 
-def test_bad_tokens_are_refused(cfg, gw1):
-    sock = _raw_handshake(gw1, "forged")
+def refused(api, token: str) -> list[tuple[int, bytes]]:
+    """The frames of a connection the gateway accepts and then closes: ``[(opcode, payload)]``."""
+    sock = _raw_handshake(api, token)
     head, data = _read_headers(sock)
     assert " 101 " in head.splitlines()[0]
     sock.settimeout(10)
     while chunk := sock.recv(65536):  # the server closes after refusing
         data += chunk
+    sock.close()
     frames, _ = _server_frames(data)
+    return frames
+
+
+def test_bad_tokens_are_refused(cfg, gw1):
+    frames = refused(gw1, "forged")
     (opcode, text), (close_op, close) = frames[0], frames[-1]
     assert opcode == 1 and json.loads(text) == {"type": "auth_fail", "payload": {"code": 30005, "message": "invalid token"}}
+    assert close_op == 8 and int.from_bytes(close[:2], "big") == 4001
+
+
+def test_a_signed_token_of_a_user_that_does_not_exist_is_refused(cfg, gw1):
+    with db.connection_context():
+        ghost = (User.select(pw.fn.MAX(User.id)).scalar() or 0) + 1000
+    token = auth.issue_token(ghost, cfg.jwt)  # valid signature, not expired: a deleted or foreign user
+    status, body = gw1.call("GET", "/api/v1/conversations", token=token)
+    assert (status, body["code"]) == (401, 30005)
+    frames = refused(gw1, token)
+    (opcode, text), (close_op, close) = frames[0], frames[-1]
+    assert opcode == 1 and json.loads(text)["payload"]["code"] == 30005
     assert close_op == 8 and int.from_bytes(close[:2], "big") == 4001
 
 

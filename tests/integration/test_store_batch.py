@@ -126,6 +126,21 @@ def test_a_refused_first_message_creates_no_conversation(cfg):
         assert chat.conversations(c) == []
 
 
+def test_a_redelivered_first_message_that_raced_its_store_gets_its_ack_again(cfg, monkeypatch):
+    # Two send workers hold the same first message (a redelivery after a rebalance): the second
+    # looked for the pair's conversation before the first created it and stored the message.
+    with db.connection_context():
+        a, b = _users(cfg, 2)
+        msg_id = uuid.uuid4().hex
+        (first,) = chat.store_messages([_send(a, msg_id, to=b)])
+        monkeypatch.setattr(chat, "_private_conversations", lambda keys: {})
+        (again,) = chat.store_messages([_send(a, msg_id, to=b)])
+        assert not isinstance(again, AppError), again
+        assert (again.created, again.message.seq, again.conversation.id) == (False, 1, first.conversation.id)
+        (other,) = chat.store_messages([_send(b, msg_id, to=a)])   # the pair's other member: not theirs
+        assert isinstance(other, AppError) and other.code == Code.CONFLICT
+
+
 def test_an_owner_who_leaves_hands_the_group_on(cfg):
     with db.connection_context():
         owner, first, second = _users(cfg, 3)

@@ -24,6 +24,7 @@ monkey.patch_all()
 import argparse  # noqa: E402  (after monkey-patching, as gevent requires)
 import json  # noqa: E402
 import os  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -37,6 +38,14 @@ from tests.load.stats import percentiles  # noqa: E402
 from tests.load.users import register_users  # noqa: E402
 
 
+def next_frame(ws, timeout: float, what: str) -> dict:
+    """The next frame, or TimeoutError naming what did not come (receive gives None then)."""
+    text = ws.receive(timeout=timeout)
+    if text is None:
+        raise TimeoutError(f"no {what} within {timeout:g} s")
+    return json.loads(text)
+
+
 class Peer:
     """One user with one socket; its reader records acks and received messages."""
 
@@ -45,7 +54,7 @@ class Peer:
         self.acks, self.received = acks, received
         self.duplicates = 0  # pushes of a msg_id this peer already had (allowed: at-least-once)
         self.ws = wsclient.connect(f"{ws_url}?token={token}")
-        first = json.loads(self.ws.receive(timeout=10))
+        first = next_frame(self.ws, 10, "auth_ok")
         assert first["type"] == "auth_ok", first
         self.errors: list[dict] = []
         self.reader = gevent.spawn(self._read)
@@ -83,13 +92,13 @@ class Peer:
 def sync_all(ws_url: str, token: str, conversation_id: int) -> list[dict]:
     """Every message of a conversation, paged through ``sync`` on a fresh connection."""
     ws = wsclient.connect(f"{ws_url}?token={token}")
-    json.loads(ws.receive(timeout=10))
+    next_frame(ws, 10, "auth_ok")
     messages, after = [], 0
     while True:
         ws.send(json.dumps({"type": "sync", "payload": {"conversation_id": conversation_id,
                                                         "after_seq": after, "limit": 200}}))
         while True:
-            frame = json.loads(ws.receive(timeout=30))
+            frame = next_frame(ws, 30, "sync answer")
             if frame["type"] == "sync":
                 break
         page = frame["payload"]
@@ -192,7 +201,12 @@ def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False,
     tokens = dict(users)
     for conversation_id, expected in by_conversation.items():
         recipient = sent[next(iter(expected))][1]
-        messages = sync_all(ws_url, tokens[recipient], conversation_id)
+        try:
+            messages = sync_all(ws_url, tokens[recipient], conversation_id)
+        except (TimeoutError, simple_websocket.ConnectionClosed) as exc:
+            print(f"sync of conversation {conversation_id} failed: {exc!r}", file=sys.stderr)
+            sync_problems += 1
+            continue
         seqs = [m["seq"] for m in messages]
         ids = [m["msg_id"] for m in messages]
         if seqs != list(range(1, len(seqs) + 1)) or len(ids) != len(set(ids)) or not expected <= set(ids):
