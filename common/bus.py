@@ -73,6 +73,15 @@ def make_producer(cfg: Config, **overrides) -> KafkaProducer:
         _client_options(cfg),
         client_id=f"{cfg.app.namespace}-producer",
         acks="all",
+        # kafka-python 3.0.12's idempotent producer (its default) never sends again once a batch
+        # has expired (delivery_timeout_ms) while the broker was away: later sends neither
+        # succeed nor fail, so a gateway stops answering and a worker stops for good (found by
+        # the broker-restart test, reproduced with a bare producer). Without it the expired
+        # records fail (the runtime rewinds, the gateway answers 50008) and the producer goes on.
+        # One request in flight keeps each partition in order when a request is retried;
+        # duplicates are what the consumers' idempotency by key is for.
+        enable_idempotence=False,
+        max_in_flight_requests_per_connection=1,
         linger_ms=0,
         max_block_ms=10_000,
         request_timeout_ms=10_000,

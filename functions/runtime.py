@@ -330,8 +330,12 @@ class Worker:
         # re-runs the batch (handlers are idempotent); close() commits the last offsets and waits.
         if not self._uncommitted or time.monotonic() < self._next_commit:
             return
-        offsets, self._uncommitted = self._uncommitted, {}
+        owned = self.consumer.assignment()
+        offsets = {tp: meta for tp, meta in self._uncommitted.items() if tp in owned}
+        self._uncommitted = {}
         self._next_commit = time.monotonic() + self._commit_interval
+        if not offsets:
+            return
         try:
             self.consumer.commit_async(offsets, callback=self._on_commit)
         except KafkaError as exc:
@@ -341,6 +345,11 @@ class Worker:
         if isinstance(response, BaseException):
             logger.warning("function %s commit failed code=%d: %s", self.name,
                            Code.CONSUMER_GROUP_ERROR, _error_text(response))
+            # Again with the next commit (unless a later batch moved on): an idle worker would
+            # otherwise leave its last offsets uncommitted for good, and its group's lag (what
+            # an autoscaler reads) would never come back to 0.
+            for tp, meta in offsets.items():
+                self._uncommitted.setdefault(tp, meta)
 
     # -- records ----------------------------------------------------------------------------
     def process_all(self, records: list) -> list[Output]:

@@ -176,9 +176,12 @@ def test_read_cursor_only_moves_forward_and_sends_receipts(cfg, gw1, gw2, client
     for i in range(3):
         a.send("send", {"msg_id": mid(), "to_user_id": bob.id, "content": f"r{i}"})
     conversation_id = [a.expect("message_ack") for _ in range(3)][0]["conversation_id"]
-    b.send("ack", {"conversation_id": conversation_id, "seq": 3, "ack_type": "read"})
+    b.send("ack", {"conversation_id": conversation_id, "seq": 2, "ack_type": "read"})
     receipt = a.expect("receipt")
-    assert receipt == {"conversation_id": conversation_id, "user_id": bob.id, "seq": 3, "ack_type": "read"}
+    assert receipt == {"conversation_id": conversation_id, "user_id": bob.id, "seq": 2, "ack_type": "read"}
+    # Beyond the last message: the cursor stops at seq 3, and the receipt says where it is.
+    b.send("ack", {"conversation_id": conversation_id, "seq": 2**62, "ack_type": "read"})
+    assert a.expect("receipt")["seq"] == 3
     b.send("ack", {"conversation_id": conversation_id, "seq": 1, "ack_type": "read"})
     assert a.quiet("receipt", 1.0)
 
@@ -196,6 +199,7 @@ def test_group_chat_reaches_every_online_member(cfg, gw1, gw2, clients, size):
     status, body = gw1.call("POST", "/api/v1/groups", {"name": f"g{size}", "member_ids": [u.id for u in users[1:]]},
                             token=owner.token)
     assert status == 201 and body["data"]["member_count"] == size
+    assert body["data"]["last_seq"] == 1  # group_created
     group_id = body["data"]["group_id"]
     conns = [clients(gw1 if i % 2 else gw2, u) for i, u in enumerate(users)]
     msg = mid()

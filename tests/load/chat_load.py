@@ -8,7 +8,8 @@ load users is quick). Registers ``2 × pairs`` users, connects each once, then s
 messages round-robin across the pairs at ``rate`` per second for ``duration`` seconds. For every
 message it records the send time, the ack time and the recipient's receive time; afterwards it
 reconnects every recipient and syncs its conversation to check that every acked message is stored
-once, in seq order. Bounded: it stops after the duration plus a drain of at most 30 s.
+once, in seq order. Bounded: it stops after the duration plus a drain of at most ``--drain``
+seconds (30; it ends once every send is acked or refused and every acked message received).
 While sending and draining it samples the CPU and memory of the system's processes (the gateway,
 each function, Kafka, Redis, MariaDB and itself; see tests/load/procstats.py): the progress line
 shows the busiest, the JSON their CPU % over the run and peak and end RSS. The JSON also keeps a
@@ -145,7 +146,7 @@ def write_plot(path: Path, samples: list[tuple], title: str) -> bool:
 
 
 def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False,
-        plot: Path | None = None) -> dict:
+        plot: Path | None = None, drain: float = 30) -> dict:
     ws_url = url.replace("http://", "ws://") + "/ws"
     users = register_users(url, 2 * pairs, "load")
     acks: dict = {}
@@ -176,8 +177,14 @@ def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False,
             print(f"  t={time.time() - started:5.1f}s sent={len(sent)} acked={len(acks)} "
                   f"delivered={len(received)}  {sampler.brief()}", flush=True)
     send_seconds = time.time() - started
-    drain_deadline = time.time() + 30
-    while time.time() < drain_deadline and (len(acks) < len(sent) or len(received) < len(sent)):
+    drain_deadline = time.time() + drain
+
+    def drained() -> bool:  # every send acked or refused, every acked message received
+        refused = {e.get("ref") for p in peers for e in p.errors}
+        return all(m in acks or m in refused for m in sent) and \
+            all((r, m) in received for m, (_, r) in sent.items() if m in acks)
+
+    while time.time() < drain_deadline and not drained():
         gevent.sleep(0.05)
     finished = time.time()
     sampling.kill()
@@ -249,13 +256,16 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500)
     parser.add_argument("--duration", type=float, default=20)
     parser.add_argument("--out", default="results/chat_load.json")
+    parser.add_argument("--drain", type=float, default=30,
+                        help="seconds to wait after sending for the last acks and messages")
     parser.add_argument("--plot", help="latency plot PNG (default: --out with .png; '' for none)")
     args = parser.parse_args()
-    if not (1 <= args.pairs <= 5000 and 0 < args.rate <= 20000 and 0 < args.duration <= 600):
-        parser.error("pairs 1-5000, rate up to 20000/s, duration up to 600 s")
+    if not (1 <= args.pairs <= 5000 and 0 < args.rate <= 20000 and 0 < args.duration <= 600
+            and 0 <= args.drain <= 600):
+        parser.error("pairs 1-5000, rate up to 20000/s, duration and drain up to 600 s")
     out = Path(args.out)
     plot = out.with_suffix(".png") if args.plot is None else (Path(args.plot) if args.plot else None)
-    result = run(args.url, args.pairs, args.rate, args.duration, plot=plot)
+    result = run(args.url, args.pairs, args.rate, args.duration, plot=plot, drain=args.drain)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k not in ("processes", "timeline")}, indent=2))

@@ -75,12 +75,19 @@ class FakeConsumer:
     def __init__(self, batches):
         self.batches = list(batches)
         self.committed, self.seeks = [], []
+        self.commit_errors: list = []   # exceptions handed to the next commit callbacks
+        self.owned = {TP, TP1}
 
     def poll(self, timeout_ms, max_records):
         return self.batches.pop(0) if self.batches else {}
 
     def commit_async(self, offsets, callback=None):
         self.committed.append({tp: meta.offset for tp, meta in offsets.items()})
+        if self.commit_errors and callback is not None:
+            callback(offsets, self.commit_errors.pop(0))
+
+    def assignment(self):
+        return self.owned
 
     def seek(self, tp, offset):
         self.seeks.append((tp, offset))
@@ -282,3 +289,14 @@ def test_offsets_are_committed_at_most_once_per_interval_and_an_idle_worker_comm
     worker._next_commit = 0.0                            # ... to pass
     assert worker.run_once() == 0                        # an empty poll commits what is finished
     assert worker.consumer.committed == [{TP: 1}, {TP: 2, TP1: 1}]
+
+
+def test_a_failed_commit_is_sent_again_by_an_idle_worker_for_the_partitions_it_still_owns():
+    worker = _worker(lambda e, c: [], [{TP: [_rec(0, b'{"a":1}')], TP1: [_rec(4, b'{"a":2}')]}])
+    worker.consumer.commit_errors = [RuntimeError("rebalance in progress")]
+    assert worker.run_once() == 2 and worker.consumer.committed == [{TP: 1, TP1: 5}]  # failed
+    worker.consumer.owned = {TP}   # TP1 went to another worker meanwhile: its offset is theirs now
+    worker._next_commit = 0.0
+    assert worker.run_once() == 0 and worker.consumer.committed[-1] == {TP: 1}
+    worker._next_commit = 0.0
+    assert worker.run_once() == 0 and len(worker.consumer.committed) == 2  # done: nothing again

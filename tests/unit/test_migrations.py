@@ -1,0 +1,38 @@
+"""Migrating an older SQLite database (the embedded default of the local run) to the current schema."""
+import peewee as pw
+import pytest
+
+from common import accounts
+from common.config import DbConfig
+from common.models import MODELS, User, db, init_db, migrate
+
+
+@pytest.fixture
+def old_sqlite(tmp_path):
+    """A database in the shape before usernames compared case-insensitively: ``user.username``
+    unique byte for byte, no ``username_key``, so it could hold ``Alice`` and ``alice``."""
+    init_db(DbConfig(engine="sqlite", path=str(tmp_path / "old.db"), host="", port=0, username="",
+                     password="", name="", max_connections=1))
+    with db.connection_context():
+        db.create_tables(MODELS)
+        db.execute_sql('DROP INDEX "user_username_key"')
+        db.execute_sql('ALTER TABLE "user" DROP COLUMN "username_key"')
+        db.execute_sql('CREATE UNIQUE INDEX "user_username" ON "user" ("username")')
+        for name in ("Alice", "bob", "alice", "ALICE"):
+            db.execute_sql('INSERT INTO "user" (username, password_hash, nickname, avatar, created_at, '
+                           'updated_at) VALUES (?, ?, ?, ?, 0, 0)', (name, "x", name, ""))
+    yield db
+    db.close()
+    db.initialize(None)
+
+
+def test_case_duplicates_are_renamed_and_names_become_case_insensitive(old_sqlite):
+    migrate()
+    migrate()  # converges: a second run changes nothing
+    with db.connection_context():
+        users = {u.id: u.username for u in User.select().order_by(User.id)}
+        assert list(users.values()) == ["Alice", "bob", "alice-3", "ALICE-4"]  # the oldest keeps its name
+        assert {name: accounts._by_name(name.upper()).id for name in users.values()} == \
+               {name: uid for uid, name in users.items()}
+        with pytest.raises(pw.IntegrityError), db.atomic():
+            User.create(username="BOB", username_key="bob", password_hash="x")
