@@ -268,7 +268,11 @@ def test_a_send_given_up_on_answers_its_sender_and_can_be_sent_again(cfg, base_e
         assert (error["code"], error["ref"]) == (50006, msg)
         with db.connection_context():
             db.execute_sql(f"RENAME TABLE `{name}`.`message_away` TO `{name}`.`message`")
-            assert db.execute_sql(f"SELECT COUNT(*) FROM `{name}`.`dead_letter`").fetchone()[0] == 1
+
+        def dead_letters():
+            with db.connection_context():
+                return db.execute_sql(f"SELECT COUNT(*) FROM `{name}`.`dead_letter`").fetchone()[0]
+        wait_for(lambda: dead_letters() == 1, timeout=30, what="the dead letter to be stored")
         a.send("send", {"msg_id": msg, "to_user_id": bob.id, "content": "given up on"})
         assert a.expect("message_ack", timeout=30)["seq"] == 1
         a.close()
