@@ -1,6 +1,12 @@
 # PingMe: `make dev` runs the system locally, `make test` runs every test against real servers.
-PYTHON ?= python3
 SERVICES := deploy/local/services.sh
+# Every command runs in the project's own virtualenv (Debian's python3 refuses pip installs, PEP
+# 668); BASE_PYTHON makes it. Exported, so the scripts start the servers' checks, the functions and
+# the gateway with it too.
+BASE_PYTHON ?= python3
+VENV := .state/venv
+PYTHON := $(VENV)/bin/python
+export PYTHON BASE_PYTHON
 
 .PHONY: help install deps services dev bench-dev stop status test test-unit test-integration config-table
 
@@ -18,11 +24,13 @@ install: deps
 # install (a fresh clone needs nothing installed by hand before `make dev` or `make test`).
 DEPS_STAMP := .state/deps.stamp
 deps: $(DEPS_STAMP)
-$(DEPS_STAMP): requirements.txt requirements-bench.txt
+$(VENV)/pyvenv.cfg:
+	bash $(SERVICES) venv $(VENV)
+$(DEPS_STAMP): requirements.txt requirements-bench.txt $(VENV)/pyvenv.cfg
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-bench.txt
 	@mkdir -p $(@D) && touch $@
 
-services:
+services: deps
 	bash $(SERVICES) start
 
 dev: deps services

@@ -2,6 +2,7 @@
 # Private loopback Kafka / Redis / MariaDB servers for tests and local runs.
 #
 #   deploy/local/services.sh {install|start|stop|status|env} [kafka|redis|mariadb ...]
+#   deploy/local/services.sh venv DIR     (the project's Python virtualenv; see make_venv)
 #
 # No names = all three. Runs as root on a bare Debian 12 machine: installs what
 # is missing (apt: redis-server, mariadb-server, Java 17, Maven; Maven Central:
@@ -137,6 +138,20 @@ apt_install() {
     tail -n 30 "$aptlog" >&2
     die "apt-get install ${pkgs[*]} failed (exit $rc, log: $aptlog)"
   fi
+}
+
+# The project's own Python environment. Debian's python3 is "externally managed" (PEP 668): pip
+# refuses to install into it, so the packages go into a virtualenv under the state dir.
+make_venv() {  # make_venv DIR
+  local dir="$1" base="${BASE_PYTHON:-python3}"
+  [[ -x $dir/bin/python ]] && return 0
+  command -v "$base" >/dev/null 2>&1 || apt_install python3
+  if ! "$base" -m venv "$dir" >/dev/null 2>&1; then
+    rm -rf "$dir"
+    apt_install python3-venv  # Debian ships venv's ensurepip separately
+    "$base" -m venv "$dir" || die "could not create a virtualenv in $dir with $base"
+  fi
+  log "python: virtualenv $dir ($("$dir/bin/python" --version 2>&1))"
 }
 
 java_bin() {
@@ -474,7 +489,7 @@ env_one() {
 # ------------------------------------------------------------------- main ---
 
 usage() {
-  err "usage: $0 {install|start|stop|status|env} [kafka|redis|mariadb ...]"
+  err "usage: $0 {install|start|stop|status|env} [kafka|redis|mariadb ...] | venv DIR"
   exit 2
 }
 
@@ -482,6 +497,11 @@ main() {
   [[ $# -ge 1 ]] || usage
   local cmd="$1"
   shift
+  if [[ $cmd == venv ]]; then
+    [[ $# -eq 1 ]] || usage
+    make_venv "$1"
+    return
+  fi
   local -a svcs=()
   if [[ $# -eq 0 ]]; then svcs=("${ALL[@]}"); else svcs=("$@"); fi
   local s
