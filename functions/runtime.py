@@ -304,8 +304,7 @@ class Worker:
         try:
             futures = self.emit(self.process_all([record for records in batch.values() for record in records]))
         except (OutputFailure, Transient) as exc:
-            self._rewind([batch], exc.code, str(exc) if isinstance(exc, Outage) else _error_text(exc),
-                         outage=isinstance(exc, Outage))
+            self._rewind([batch], exc.code, _error_text(exc), outage=isinstance(exc, Outage))
             return 0
         if futures:
             self._unacked = (batch, futures)

@@ -72,5 +72,4 @@ def on_dead_letter(event, code: Code, ctx):
     e = event.value
     if not isinstance(e.get("reply_to"), str) or not isinstance(e.get("msg_id"), str):
         return []
-    return [reply(e, {"type": "error", "ok": False,
-                      "error": {"code": int(code), "message": code.message, "ref": e["msg_id"]}})]
+    return _outputs(e, AppError(code), ctx)
