@@ -26,8 +26,8 @@ DEPS_STAMP := .state/deps.stamp
 deps: $(DEPS_STAMP)
 $(VENV)/pyvenv.cfg:
 	bash $(SERVICES) venv $(VENV)
-$(DEPS_STAMP): requirements.txt requirements-bench.txt $(VENV)/pyvenv.cfg
-	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-bench.txt
+$(DEPS_STAMP): requirements.txt requirements-bench.txt requirements-test.txt $(VENV)/pyvenv.cfg
+	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-bench.txt -r requirements-test.txt
 	@mkdir -p $(@D) && touch $@
 
 services: deps

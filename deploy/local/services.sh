@@ -38,6 +38,8 @@ err() { printf '%s\n' "$*" >&2; }
 die() { err "services.sh: $*"; exit 1; }
 now() { printf '%s' "$EPOCHREALTIME"; }
 elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
+# shellcheck source=deploy/local/lib.sh
+source "$HERE/lib.sh"   # apt_install
 
 port_of() {
   case "$1" in
@@ -108,37 +110,6 @@ lock_state() {
 }
 
 # ---------------------------------------------------------------- install ---
-
-APT_UPDATED=0
-apt_install() {
-  local -a pkgs=("$@")
-  [[ ${#pkgs[@]} -gt 0 ]] || return 0
-  [[ $EUID -eq 0 ]] || die "need root to apt-get install ${pkgs[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  # Never let a package's postinst start a system-wide service (Docker-style
-  # policy); only if the machine has no policy of its own.
-  local policy=/usr/sbin/policy-rc.d own_policy=0
-  if [[ ! -e $policy ]]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy"
-    chmod +x "$policy"
-    own_policy=1
-  fi
-  local rc=0 aptlog="$STATE/apt.log"
-  mkdir -p "$STATE"
-  : >"$aptlog"
-  if [[ $APT_UPDATED -eq 0 ]]; then
-    apt-get update -qq >>"$aptlog" 2>&1 || rc=$?
-    APT_UPDATED=1
-  fi
-  if [[ $rc -eq 0 ]]; then
-    apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >>"$aptlog" 2>&1 || rc=$?
-  fi
-  if [[ $own_policy -eq 1 ]]; then rm -f "$policy"; fi
-  if [[ $rc -ne 0 ]]; then
-    tail -n 30 "$aptlog" >&2
-    die "apt-get install ${pkgs[*]} failed (exit $rc, log: $aptlog)"
-  fi
-}
 
 # The project's own Python environment. Debian's python3 is "externally managed" (PEP 668): pip
 # refuses to install into it, so the packages go into a virtualenv under the state dir.
