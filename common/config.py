@@ -126,6 +126,9 @@ SETTINGS: tuple[Setting, ...] = (
             "gunicorn gevent worker connection cap (WebSocket + HTTP)"),
     Setting("app.ws_queue_limit", "WS_QUEUE_LIMIT", 1000, _int(10, 1_000_000),
             "Frames queued for one slow WebSocket client before it is disconnected"),
+    Setting("app.function_port", "FUNCTION_PORT", 0, _int(0, 65535),
+            "A function worker's probe port (`/healthz`, `/readyz`, `/metrics`) on `app.host`; "
+            "0: off. `python -m functions all` gives its i-th child this port + i"),
     Setting("db.engine", "DB_ENGINE", "sqlite", _choice("sqlite", "mysql"),
             "`sqlite` (embedded, local run only) or `mysql` (MariaDB/MySQL)"),
     Setting("db.path", "DB_PATH", ".state/pingme.db", _nonempty,
@@ -180,6 +183,7 @@ class AppConfig:
     gateway_id: str
     worker_connections: int
     ws_queue_limit: int
+    function_port: int
 
 
 @dataclass(frozen=True)
