@@ -28,6 +28,33 @@ ensure_podman() {
 }
 path_podman() { command -v podman; }
 
+# kubeconform: validates the Kubernetes manifests offline (tests/deploy). Built once from its Go
+# module into the cache; `go` comes from the machine (/usr/local/go/bin on these hosts).
+KUBECONFORM_VERSION=v0.8.0
+go_install() {  # go_install MODULE@VERSION DIR: build a Go command into DIR/bin, cached
+  local module="$1" dir="$2" go
+  go="$(command -v go || echo /usr/local/go/bin/go)"
+  [[ -x $go ]] || die "go is needed to build $module (not found on PATH or in /usr/local/go/bin)"
+  mkdir -p "$dir"
+  GOBIN="$dir/bin" GOMODCACHE="$CACHE/go/mod" GOCACHE="$CACHE/go/build" \
+    "$go" install "$module" || die "go install $module failed"
+}
+ensure_kubeconform() {
+  [[ -x "$(path_kubeconform)" ]] ||
+    go_install "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION" \
+      "$CACHE/kubeconform-$KUBECONFORM_VERSION"
+}
+path_kubeconform() { echo "$CACHE/kubeconform-$KUBECONFORM_VERSION/bin/kubeconform"; }
+
+# kustomize: renders deploy/k8s the way `kubectl apply -k` does (tests/deploy). v5.8.2 is the newest
+# release that builds with Go 1.26 (v5.8.3 needs Go 1.27); ~20 s to build cold.
+KUSTOMIZE_VERSION=v5.8.2
+ensure_kustomize() {
+  [[ -x "$(path_kustomize)" ]] ||
+    go_install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION" "$CACHE/kustomize-$KUSTOMIZE_VERSION"
+}
+path_kustomize() { echo "$CACHE/kustomize-$KUSTOMIZE_VERSION/bin/kustomize"; }
+
 main() {
   [[ $# -ge 2 ]] || { echo "usage: $0 {ensure NAME...|path NAME}" >&2; exit 2; }
   local cmd="$1" name
