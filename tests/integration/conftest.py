@@ -241,6 +241,21 @@ def services():
     return run
 
 
+def group_assignment(cfg, function: str) -> dict[str, set[int]]:
+    """Each member of the function's consumer group and the partitions it holds, once the group is
+    stable (empty while it rebalances) — what `kafka-consumer-groups --describe` shows an operator."""
+    from kafka import KafkaAdminClient
+    admin = KafkaAdminClient(bootstrap_servers=list(cfg.kafka.brokers))
+    try:
+        group = admin.describe_groups([cfg.group(function)])[cfg.group(function)]
+    finally:
+        admin.close()
+    if group["group_state"] != "Stable":
+        return {}
+    return {m["member_id"]: {p for a in m["member_assignment"]["assigned_partitions"] for p in a["partitions"]}
+            for m in group["members"]}
+
+
 def wait_for(predicate, timeout: float = 20, interval: float = 0.1, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -23,7 +23,7 @@ from kafka import KafkaAdminClient
 
 from common import config as config_mod
 
-from tests.integration.conftest import REPO, Api, free_port, wait_for
+from tests.integration.conftest import REPO, Api, free_port, group_assignment, wait_for
 from tests.integration.test_faults import _load
 from tests.integration.test_messaging import Client, User_, mid
 
@@ -210,20 +210,11 @@ def test_a_second_deliver_container_takes_partitions(stack):
     cfg = config_mod.load({**stack["env"], "APP_CONF": "/dev/null"})
     second = containers.function("deliver", suffix="-2")
 
-    def members() -> dict[str, set[int]]:
-        """Each member of the deliver group and its partitions, once the group is stable."""
-        admin = KafkaAdminClient(bootstrap_servers=list(cfg.kafka.brokers))
-        try:
-            group = admin.describe_groups([cfg.group("deliver")])[cfg.group("deliver")]
-        finally:
-            admin.close()
-        if group["group_state"] != "Stable":
-            return {}
-        return {m["member_id"]: {p for a in m["member_assignment"]["assigned_partitions"] for p in a["partitions"]}
-                for m in group["members"]}
+    def shared() -> dict[str, set[int]] | None:
+        members = group_assignment(cfg, "deliver")
+        return members if len(members) == 2 and all(members.values()) else None
 
-    assignment = wait_for(lambda: (lambda m: m if len(m) == 2 and all(m.values()) else None)(members()),
-                          timeout=60, what="two deliver containers sharing the partitions")
+    assignment = wait_for(shared, timeout=60, what="two deliver containers sharing the partitions")
     parts = list(assignment.values())
     assert not parts[0] & parts[1] and parts[0] | parts[1] == set(range(cfg.kafka.partitions))
     assert "partitions assigned" in containers.logs(second)
