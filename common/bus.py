@@ -31,6 +31,9 @@ H_DUE_MS = "pingme-due-ms"                # when the retry function may re-publi
 H_ERROR_CODE = "pingme-error-code"
 H_ERROR = "pingme-error"
 H_FIRST_FAILED_MS = "pingme-first-failed-ms"
+# The correlation id of the client request an event comes from (common/logs.py): set by the gateway,
+# copied by the function runtime onto every Kafka output of the event (deliver, retry, DLQ).
+H_CID = "pingme-cid"
 
 
 def encode(value: Any) -> bytes:

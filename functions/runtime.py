@@ -33,6 +33,9 @@ Contract:
   invalid ones). If it raises, the whole poll is processed one event at a time through ``handle``,
   so a batch is only ever an optimisation of the per-event contract. Publishes of a batch to one
   channel travel as one Redis message (``common.bus.batch``).
+* **Correlation.** An event's correlation id (header ``pingme-cid``, common/logs.py) is the logging
+  context while the event is handled and is copied onto each of its Kafka outputs (retry and DLQ
+  records keep all of its headers anyway), so one grep follows a message gateway → send → deliver.
 * **SIGTERM drains**: stop polling, finish the batch, wait for its acknowledgement, commit (and
   wait for that), exit 0.
 * A worker keeps one database connection (Peewee opens it on first use); a database error hands it
@@ -59,7 +62,7 @@ import redis
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from common import bus
+from common import bus, logs
 from common.config import Config
 from common.errors import Code
 from common.models import db, now_ms
@@ -225,6 +228,21 @@ def _by_channel(publishes: list[Publish]) -> dict[str, list]:
     return channels
 
 
+def _cid_of(record) -> str | None:
+    for name, value in record.headers or ():
+        if name == bus.H_CID:
+            return (value or b"").decode("utf-8", "replace") or None
+    return None
+
+
+def with_cid(outputs: list[Output], cid: str | None) -> list[Output]:
+    """``outputs`` with the correlation id ``cid`` on each Kafka output that has none yet."""
+    if not cid:
+        return outputs
+    return [replace(out, headers={**out.headers, bus.H_CID: cid})
+            if isinstance(out, Emit) and bus.H_CID not in out.headers else out for out in outputs]
+
+
 def _record_event(record) -> Event:
     return Event(record.topic, record.partition, record.offset, record.key, record.value,
                  record.value, bus.headers_to_dict(record.headers), record.timestamp)
@@ -355,7 +373,7 @@ class Worker:
         """The outputs of a poll's records, in record order."""
         handle_batch = getattr(self.module, "handle_batch", None)
         if handle_batch is None:
-            return [out for record in records for out in self.process(record)]
+            return [out for record in records for out in self._traced(record, None)]
         results: list[list[Output] | None] = [None] * len(records)
         decoded = []
         for i, record in enumerate(records):
@@ -374,8 +392,19 @@ class Worker:
             handled = [None] * len(decoded)
         for (i, _), outputs in zip(decoded, handled):
             results[i] = outputs
-        return [out for record, outputs in zip(records, results)
-                for out in (self.process(record) if outputs is None else outputs)]
+        return [out for record, outputs in zip(records, results) for out in self._traced(record, outputs)]
+
+    def _traced(self, record, outputs: list[Output] | None) -> list[Output]:
+        """One record's outputs (``handle``'s, through :meth:`process`, unless ``handle_batch``
+        gave them) under the record's correlation id: on every log line of its handling and on
+        each of its Kafka outputs (common/logs.py)."""
+        cid = _cid_of(record)
+        with logs.correlation(cid):
+            if outputs is None:
+                outputs = self.process(record)
+            logger.debug("function %s handled %s/%d@%d: %d outputs", self.name, record.topic,
+                         record.partition, record.offset, len(outputs))
+            return with_cid(outputs, cid)
 
     def event(self, record) -> Event:
         """The handler's view of a record; Invalid (50002) when its value is not JSON."""

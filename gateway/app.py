@@ -4,20 +4,29 @@ The gateway is stateless apart from its sockets and its inbox channel. Requests 
 (register, login) go through :meth:`Gateway.call`: produce the request with a correlation id and this
 gateway's channel as the reply address, then wait for the reply until the configured timeout
 (10008). Reads that need no pipeline (profile, health) go straight to the database and Redis.
+
+Every event the gateway produces carries the correlation id of the client request it serves (an
+HTTP request, or a WebSocket frame: see gateway/ws.py) in the ``pingme-cid`` header; an HTTP request
+may bring its own as ``X-Request-ID`` (letters, digits, ``.``, ``_``, ``-``; at most 64), and the
+response names it in the same header.
+
+Shutdown (:meth:`Gateway.drain`, run on SIGTERM by gateway/gunicorn.conf.py): stop taking sockets
+and frames, hand every accepted event to Kafka, close each socket with 1012, then :meth:`close`.
 """
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 import uuid
 from queue import Empty
 
-from flask import Flask, jsonify
+from flask import Flask, g, jsonify, request
 from flask_sock import Sock
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
-from common import bus, config as config_mod, rpc
+from common import bus, config as config_mod, logs, rpc
 from common.config import Config
 from common.errors import AppError, Code
 from common.models import db, init_db, now_ms
@@ -25,6 +34,9 @@ from gateway.inbox import Inbox
 
 logger = logging.getLogger(__name__)
 sock = Sock()
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+DRAIN_FLUSH_S = 5.0  # how long a drain waits for Kafka to take the accepted events (per flush)
+DRAIN_CLOSE_S = 2.0  # how long it waits for clients to answer the close before dropping them
 
 
 class Gateway:
@@ -38,6 +50,9 @@ class Gateway:
         self.redis = redis_client
         self.inbox = inbox
         self.hub = Hub(self)
+        self.draining = False  # set by drain(): /readyz answers 503, no new socket or frame is taken
+        # Events produced with an on_error (a client's sends) until Kafka has answered for them.
+        self._unsent: dict = {}
         inbox.on_message = self.hub.on_message
         inbox.on_lost = self.hub.reply_channel_lost
 
@@ -61,8 +76,10 @@ class Gateway:
         """
         if reply:
             value = {**value, "reply_to": self.inbox.channel}
+        cid = logs.current_cid()
         try:
-            future = self.producer.send(self.cfg.topic(function), key=key.encode(), value=bus.encode(value))
+            future = self.producer.send(self.cfg.topic(function), key=key.encode(), value=bus.encode(value),
+                                        headers=[(bus.H_CID, cid.encode())] if cid else None)
         except KafkaError as exc:
             logger.error("%s event not produced code=%d: %s", function, Code.PRODUCER_ERROR, type(exc).__name__)
             if on_error is None:
@@ -70,6 +87,8 @@ class Gateway:
             on_error(exc)
             return None
         if on_error is not None:
+            self._unsent[future] = on_error
+            future.add_both(lambda _: self._unsent.pop(future, None))
             future.add_errback(on_error)
         return future
 
@@ -110,6 +129,49 @@ class Gateway:
         event = {"kind": "presence", "user_id": user_id, "online": online, "last_seen": now_ms()}
         self.produce("deliver", event, str(user_id),
                      on_error=lambda exc: logger.warning("presence of %d not announced", user_id))
+
+    def drain(self, flush_timeout: float = DRAIN_FLUSH_S, close_timeout: float = DRAIN_CLOSE_S) -> None:
+        """Take this gateway out of service for a restart (on SIGTERM: gateway/gunicorn.conf.py).
+
+        Draining first: /readyz answers 503, a new socket is closed with 1012, and a frame that
+        reaches an open socket is no longer handled (the 1012 that follows tells its client to
+        resend what is unacknowledged). Then the producer is flushed, so every send accepted so far
+        is in Kafka or has been answered 50008 on its socket, still open. Then every socket is
+        closed with 1012 (docs/PROTOCOL.md); one whose client has not answered the close within
+        ``close_timeout`` is dropped. A last flush hands on the closed sockets' presence updates.
+        """
+        from gateway.ws import CLOSE_SERVICE_RESTART, RESTART_REASON
+
+        if self.draining:
+            return
+        self.draining = True
+        started = time.monotonic()
+        logger.info("gateway %s draining: %d sockets open", self.cfg.app.gateway_id, len(self.hub.conns))
+        self.flush(flush_timeout)
+        deadline = time.monotonic() + close_timeout
+        while self.hub.conns and time.monotonic() < deadline:
+            self.hub.close_all(CLOSE_SERVICE_RESTART, RESTART_REASON)  # again: one may have just authenticated
+            time.sleep(0.05)
+        dropped = self.hub.drop_all()
+        self.flush(flush_timeout)
+        logger.info("gateway %s drained in %.2f s (%d sockets dropped without answering the close)",
+                    self.cfg.app.gateway_id, time.monotonic() - started, dropped)
+
+    def flush(self, timeout: float) -> None:
+        """Wait until Kafka has taken every event produced so far. A client's send it has not taken
+        within ``timeout`` is answered 50008 now (it may still be stored: a resend gets its seq)."""
+        try:
+            self.producer.flush(timeout=timeout)
+        except KafkaError as exc:
+            logger.error("producer flush failed code=%d: %s", Code.PRODUCER_ERROR, type(exc).__name__)
+        for future, on_error in list(self._unsent.items()):
+            if self._unsent.pop(future, None) is not None and not future.is_done:
+                on_error(KafkaTimeoutError("not handed to Kafka before shutdown"))
+
+    def close(self, timeout: float = DRAIN_FLUSH_S) -> None:
+        """The process is exiting: stop the inbox, flush and close the producer."""
+        self.inbox.stop()
+        self.producer.close(timeout=timeout)
 
     def health(self) -> dict:
         """Check each dependency; each entry says ok and how long the check took."""
@@ -162,6 +224,25 @@ def create_app(cfg: Config | None = None, gateway: Gateway | None = None) -> Fla
     app.extensions["pingme"] = gateway or Gateway.connect(cfg)
     app.config["SOCK_SERVER_OPTIONS"] = dict(ws.SERVER_OPTIONS)
     sock.init_app(app)
+
+    @app.before_request
+    def correlate():
+        """The request's correlation id (common/logs.py): its own X-Request-ID if it is sane."""
+        wanted = request.headers.get("X-Request-ID", "")
+        g.cid = wanted if REQUEST_ID.fullmatch(wanted) else logs.new_cid()
+        g.cid_token = logs.bind(g.cid)
+
+    @app.after_request
+    def name_correlation(response):
+        if "cid" in g:
+            response.headers["X-Request-ID"] = g.cid
+        return response
+
+    @app.teardown_request
+    def uncorrelate(_exc):
+        token = g.pop("cid_token", None)
+        if token is not None:
+            logs.unbind(token)
 
     app.register_blueprint(http.bp)
     http.register_error_handlers(app)

@@ -7,11 +7,14 @@ the pipeline (their answers arrive later through the inbox). Any bad frame is an
 from __future__ import annotations
 
 import json
+import logging
 
-from common import chat
+from common import chat, logs
 from common.errors import AppError, Code
 from common.models import db, now_ms
 from gateway.ws import frame
+
+logger = logging.getLogger(__name__)
 
 
 def error_frame(exc: AppError, ref) -> str:
@@ -45,9 +48,16 @@ def on_send(payload, conn, gw):
     event = {**fields, "sender_id": conn.user_id, "conn_id": conn.conn_id}
     key = chat.route_key(conn.user_id, fields["to_user_id"], fields["group_id"])
 
+    cid = logs.current_cid()
+
     def failed(_exc):
+        with logs.correlation(cid):
+            logger.warning("send %s of conn %s not handed to Kafka code=%d", fields["msg_id"], conn.conn_id,
+                           Code.PRODUCER_ERROR)
         conn.push(error_frame(AppError(Code.PRODUCER_ERROR), fields["msg_id"]))
     gw.produce("send", event, key, on_error=failed, reply=True)
+    # msg_id → cid: how an operator finds the correlation id of a message a user asks about.
+    logger.debug("send %s from user %d conn %s handed on", fields["msg_id"], conn.user_id, conn.conn_id)
     return []
 
 

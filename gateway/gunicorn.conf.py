@@ -1,7 +1,17 @@
-"""gunicorn settings for the gateway, read from the same configuration as everything else."""
-import resource
+"""gunicorn settings for the gateway, read from the same configuration as everything else.
 
-from common import config as _config
+Shutdown: gunicorn's master passes SIGTERM on to the worker, whose own handler only stops its loop;
+the worker then closes its listener and waits for every open connection up to ``graceful_timeout``,
+and an open WebSocket would keep it waiting that long. :func:`post_worker_init` adds the gateway's
+drain (``Gateway.drain``: draining, flush, every socket closed with 1012) to that handler, so the
+connections end within about a second and the worker exits soon after; :func:`worker_exit` flushes
+and closes the producer last. SIGINT/SIGQUIT (gunicorn's quick stop, ``worker_int``) drain with
+short waits before gunicorn exits the worker 0.1 s later.
+"""
+import resource
+import signal
+
+from common import config as _config, logs as _logs
 
 _cfg = _config.load()
 
@@ -30,5 +40,38 @@ timeout = 30
 graceful_timeout = 20
 keepalive = 5
 accesslog = "-"
+# The master's lines and the access log in the processes' own format (LOG_FORMAT, common/logs.py).
+logconfig_dict = _logs.config("gateway")
 # Path without the query string: a WebSocket token may travel as ?token= and must not be logged.
-access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
+# The request's correlation id (common/logs.py) from the response header the app sets.
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms cid=%({x-request-id}o)s'
+
+
+def _gateway(worker):
+    """The worker's Gateway (None in the master, or when the app failed to load)."""
+    return getattr(getattr(worker, "wsgi", None), "extensions", {}).get("pingme")
+
+
+def post_worker_init(worker):
+    gateway = _gateway(worker)
+    if gateway is None:
+        return
+    import gevent
+
+    def on_sigterm(signum, frame):
+        worker.handle_exit(signum, frame)  # gunicorn: leave the loop, close the listener, wait
+        gevent.spawn(gateway.drain)        # the gateway: end every connection now (not in a handler)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def worker_int(worker):
+    gateway = _gateway(worker)
+    if gateway is not None:
+        gateway.drain(flush_timeout=1.0, close_timeout=0.5)
+
+
+def worker_exit(server, worker):
+    gateway = _gateway(worker)
+    if gateway is not None:
+        gateway.close()

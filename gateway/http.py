@@ -60,6 +60,7 @@ def with_db(view):
 
 @bp.get("/health")
 def health():
+    """Each dependency's check and how long it took; 503 with the first failing one's code."""
     checks = _gateway().health()
     ok = all(check["ok"] for check in checks.values())
     data = {"status": "ok" if ok else "degraded", "checks": checks,
@@ -69,6 +70,24 @@ def health():
     code = {"db": Code.DATABASE_ERROR, "redis": Code.CACHE_ERROR, "kafka": Code.KAFKA_ERROR}[
         next(name for name, check in checks.items() if not check["ok"])]
     return jsonify({"code": int(code), "message": code.message, "data": data}), 503
+
+
+@bp.get("/healthz")
+def healthz():
+    """Liveness: the worker answers. No dependency is checked: an outage must take a gateway out of
+    rotation (/readyz), not get it restarted; it recovers by itself when the dependency is back."""
+    return envelope({"status": "alive", "gateway_id": current_app.config["PINGME"].app.gateway_id})
+
+
+@bp.get("/readyz")
+def readyz():
+    """Readiness: every dependency reachable (as /health) and not draining. While the gateway shuts
+    down (SIGTERM) it answers 503 with ``status: draining``."""
+    if _gateway().draining:
+        data = {"status": "draining", "gateway_id": current_app.config["PINGME"].app.gateway_id}
+        return jsonify({"code": int(Code.SERVER_ERROR), "message": "the gateway is shutting down",
+                        "data": data}), 503
+    return health()
 
 
 @bp.get("/metrics")

@@ -12,6 +12,10 @@ Two simple-websocket 1.1.0 traps are handled by :class:`SafeServer`: its ``socke
 partial frame to a slow reader (upstream issue #45) — the outbox only ever writes whole frames in
 order; and a negotiated per-message deflate keeps a zlib context per socket (~90 KB), so
 compression is not offered (chat frames are small JSON).
+
+Each client frame is handled under a correlation id of its own (common/logs.py). While the gateway
+drains (``Gateway.drain``) no frame is handled and no new socket stays open: each is closed with
+1012 (Service Restart).
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from wsproto.events import AcceptConnection, Ping
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
-from common import accounts, presence
+from common import accounts, logs, presence
 from common.errors import AppError, Code
 from common.models import now_ms
 from gateway.app import sock
@@ -49,6 +53,10 @@ CLOSE_AUTH_TIMEOUT = 4002
 # or Redis is down); reconnect with backoff and resend every unacknowledged message (same msg_id).
 CLOSE_TRY_AGAIN = 1013
 CLOSE_SERVER_ERROR = 1011
+# RFC 6455 "Service Restart": this gateway is shutting down (SIGTERM). Reconnect, maybe to another
+# gateway, sync from the last seq, resend every unacknowledged message with the same msg_id.
+CLOSE_SERVICE_RESTART = 1012
+RESTART_REASON = "gateway restarting; reconnect, sync and resend unacknowledged messages"
 SERVER_OPTIONS = {"ping_interval": 25, "max_message_size": 64 * 1024}
 DEFAULT_BACKLOG = 256
 
@@ -269,11 +277,22 @@ class Hub:
     def reply_channel_lost(self) -> None:
         """The inbox lost its subscription: acks and errors published until it is back are gone,
         so every client is told to reconnect and resend what is unacknowledged."""
-        conns = list(self.conns.values())
         logger.warning("reply channel lost code=%d: closing %d connections with %d", Code.CACHE_ERROR,
-                       len(conns), CLOSE_TRY_AGAIN)
+                       len(self.conns), CLOSE_TRY_AGAIN)
+        self.close_all(CLOSE_TRY_AGAIN, "reply channel lost; reconnect and resend")
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Start the closing handshake of every connection (their routes end when it completes)."""
+        for conn in list(self.conns.values()):
+            conn.close(code, reason)
+
+    def drop_all(self) -> int:
+        """Shut down the sockets of the connections still here (their peers did not answer a close);
+        return how many."""
+        conns = list(self.conns.values())
         for conn in conns:
-            conn.close(CLOSE_TRY_AGAIN, "reply channel lost; reconnect and resend")
+            conn.ws.sock.abort()
+        return len(conns)
 
     def on_message(self, message: dict) -> None:
         """A message on this gateway's channel that is not a reply to a waiting HTTP request."""
@@ -334,6 +353,9 @@ def websocket(ws):
     written into the upgraded socket."""
     gw = current_app.extensions["pingme"]
     try:
+        if gw.draining:
+            ws.close(reason=CLOSE_SERVICE_RESTART, message=RESTART_REASON)
+            return
         if not gw.inbox.connected:
             ws.close(reason=CLOSE_TRY_AGAIN, message="reply channel unavailable; reconnect later")
             return
@@ -369,13 +391,16 @@ def _serve(ws, gw) -> None:
     try:
         if gw.hub.add(conn):
             gw.announce_presence(user_id, True)
+        if gw.draining:  # it began while this socket authenticated
+            conn.close(CLOSE_SERVICE_RESTART, RESTART_REASON)
         conn.push(frame("auth_ok", {"user_id": user_id, "conn_id": conn.conn_id}))
         while not conn.closed:
             text = ws.receive(timeout=RECEIVE_POLL_S)
-            if text is None:
+            if text is None or gw.draining:  # a frame after the drain began is the client's to resend
                 continue
-            for reply in frames.handle(text, conn, gw):
-                conn.push(reply)
+            with logs.correlation(logs.new_cid()):  # one correlation id per client frame
+                for reply in frames.handle(text, conn, gw):
+                    conn.push(reply)
     finally:
         try:
             if gw.hub.remove(conn):
