@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import base64
 import re
+import threading
+import urllib.error
+import urllib.request
 from types import SimpleNamespace
 
 import pytest
@@ -18,7 +21,6 @@ from functions import FUNCTIONS
 from tests.deploy.conftest import REPO, env_names_read_by_code, objects
 
 GATEWAY_COMMAND = ["gunicorn", "-c", "gateway/gunicorn.conf.py", "gateway.wsgi:app"]
-FUNCTION_PROBES = ("/healthz", "/readyz")  # the function probe server's paths (team decision, issue 11)
 
 
 def _containers(doc: dict) -> list[dict]:
@@ -76,6 +78,27 @@ def gateway_routes() -> set[str]:
 
     cfg = config_mod.load({"DB_ENGINE": "mysql", "JWT_SECRET": "x" * 40})
     return {rule.rule for rule in create_app(cfg, gateway=SimpleNamespace()).url_map.iter_rules()}
+
+
+@pytest.fixture(scope="module")
+def function_probe_status():
+    """GET a path of a function worker's real probe server (functions/probes.py) on a free port,
+    with no dependency to check: its HTTP status (404 for a path it does not serve)."""
+    from functions import probes
+
+    state = probes.WorkerState()
+    server = probes.start_server(probes.Probes(state, {}, threading.Event(), stale_after_s=60),
+                                 lambda: b"", "text/plain", "127.0.0.1", 0)
+
+    def status(path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}{path}", timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+    yield status
+    server.shutdown()
+    server.server_close()
 
 
 # ---- what runs --------------------------------------------------------------------------------
@@ -160,7 +183,7 @@ def test_gateway_probes_call_paths_the_gateway_serves_on_its_port(rendered, gate
             assert _port_number(container, probe["port"]) == cfg.app.port, f"{kind}: not the gateway's port"
 
 
-def test_function_probes_call_the_probe_server_on_function_port(rendered):
+def test_function_probes_call_the_probe_server_on_function_port(rendered, function_probe_status):
     for fn, doc in _deployments_by_function(rendered).items():
         container = next(c for c in _containers(doc) if _function_of(c) == fn)
         cfg = _load(_config_env(rendered, container))
@@ -168,7 +191,7 @@ def test_function_probes_call_the_probe_server_on_function_port(rendered):
         probes = dict(_probes(container))
         assert probes["readinessProbe"]["path"] == "/readyz" and probes["livenessProbe"]["path"] == "/healthz"
         for kind, probe in probes.items():
-            assert probe["path"] in FUNCTION_PROBES, f"{fn} {kind}: {probe['path']}"
+            assert function_probe_status(probe["path"]) != 404, f"{fn} {kind}: no probe {probe['path']}"
             assert _port_number(container, probe["port"]) == cfg.app.function_port, \
                 f"{fn} {kind}: port is not FUNCTION_PORT ({cfg.app.function_port})"
 
