@@ -246,6 +246,10 @@ def test_each_function_scales_on_its_own_consumer_group_and_topic(rendered):
     assert sorted(scaled) == sorted(FUNCTIONS)
 
 
+def _deployment(docs: list[dict], name: str) -> dict:
+    return objects(docs, "Deployment")[name]
+
+
 def test_no_function_scales_beyond_its_topics_partitions(rendered):
     topics = {t["spec"]["topicName"]: t["spec"]["partitions"] for t in objects(rendered, "KafkaTopic").values()}
     for name, so in objects(rendered, "ScaledObject").items():
@@ -255,10 +259,6 @@ def test_no_function_scales_beyond_its_topics_partitions(rendered):
             f"{name}: replicas {spec['minReplicaCount']}..{spec['maxReplicaCount']}, {topics[topic]} partitions"
         assert "replicas" not in _deployment(rendered, spec["scaleTargetRef"]["name"])["spec"], \
             f"{name}: the Deployment sets replicas, which every apply would reset under KEDA"
-
-
-def _deployment(docs: list[dict], name: str) -> dict:
-    return objects(docs, "Deployment")[name]
 
 
 # ---- selectors and references -------------------------------------------------------------------
