@@ -1,9 +1,14 @@
 """Entry point: ``python -m functions NAME`` runs one function; ``all`` (or several names) runs
-each in a child process, restarts a child that dies, and passes SIGTERM/SIGINT on for draining."""
+each in a child process, restarts a child that dies, and passes SIGTERM/SIGINT on for draining.
+
+With ``app.function_port`` (``FUNCTION_PORT``) = P, a child serves its probes on P + its index in
+:data:`functions.FUNCTIONS` (register P, login P+1, send P+2, ...), so ports never collide and
+stay the same whichever functions are started; with 0 no child serves any."""
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -32,13 +37,28 @@ def run_one(name: str) -> int:
     return 0
 
 
+def probe_port(name: str, base_port: int) -> int:
+    """The probe port of the child running ``name`` when the configured port is ``base_port``."""
+    return base_port + FUNCTIONS.index(name) if base_port else 0
+
+
 def supervise(names: list[str]) -> int:
     logs.setup("functions")
+    try:
+        base_port = config_mod.load().app.function_port
+    except config_mod.ConfigError as exc:
+        logger.error("config error: %s", exc)
+        return 2
+    if base_port and probe_port(FUNCTIONS[-1], base_port) > 65535:
+        logger.error("config error: FUNCTION_PORT (app.function_port): %d + %d children exceeds 65535",
+                     base_port, len(FUNCTIONS))
+        return 2
     children: dict[str, subprocess.Popen] = {}
     stopping = False
 
     def start(name: str) -> None:
-        children[name] = subprocess.Popen([sys.executable, "-m", "functions", name])
+        env = {**os.environ, "FUNCTION_PORT": str(probe_port(name, base_port))}
+        children[name] = subprocess.Popen([sys.executable, "-m", "functions", name], env=env)
         logger.info("started %s (pid %d)", name, children[name].pid)
 
     def on_signal(signum, _frame):

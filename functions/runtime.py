@@ -59,6 +59,7 @@ from typing import Any, Callable, Union
 
 import peewee as pw
 import redis
+from kafka import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
@@ -66,11 +67,13 @@ from common import bus, logs
 from common.config import Config
 from common.errors import Code
 from common.models import db, now_ms
+from functions import metrics, probes
 from functions.policy import RetryPolicy
 
 logger = logging.getLogger(__name__)
 COMMIT_TIMEOUT_MS = 10_000
 OUTAGE_RETRY_MS = 1_000  # how often a paused worker tries its batch again while a dependency is down
+LAG_INTERVAL_S = 5.0  # how often pingme_consumer_lag is brought up to date
 
 
 @dataclass(frozen=True)
@@ -248,11 +251,29 @@ def _record_event(record) -> Event:
                  record.value, bus.headers_to_dict(record.headers), record.timestamp)
 
 
+class _GroupListener(ConsumerRebalanceListener):
+    """Tells the probes whether the worker holds an assignment, and counts rebalances."""
+
+    def __init__(self, state: probes.WorkerState, fn_metrics: metrics.FunctionMetrics):
+        self.state = state
+        self.metrics = fn_metrics
+
+    def on_partitions_revoked(self, revoked):
+        self.state.assigned = False
+
+    def on_partitions_assigned(self, assigned):
+        self.state.assigned = True
+        self.metrics.rebalances.inc()
+        self.metrics.assigned.set(len(assigned))
+
+
 class Worker:
-    """Runs one function as a member of its consumer group."""
+    """Runs one function as a member of its consumer group. ``state`` is what its probes read
+    (functions/probes.py); its metrics are functions/metrics.py's."""
 
     def __init__(self, name: str, module: ModuleType, config: Config, consumer, producer,
-                 redis_client, stop: threading.Event | None = None):
+                 redis_client, stop: threading.Event | None = None,
+                 state: probes.WorkerState | None = None):
         self.name = name
         self.module = module
         self.config = config
@@ -272,6 +293,9 @@ class Worker:
         self._commit_interval = config.kafka.commit_interval_ms / 1000
         self._next_commit = 0.0  # monotonic time from which the next commit may go out
         self._unacked = None   # (batch, Kafka futures) of the batch waiting for the broker's answer
+        self.state = state or probes.WorkerState()
+        self.metrics = metrics.FunctionMetrics(name)
+        self._next_lag = 0.0  # monotonic time of the next consumer-lag update
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -279,12 +303,16 @@ class Worker:
         # Metadata first: a group leader without it assigns nobody any partition, and the group
         # then idles until the next metadata refresh.
         partitions = self.consumer.partitions_for_topic(topic)
-        self.consumer.subscribe([topic])
+        self.consumer.subscribe([topic], listener=_GroupListener(self.state, self.metrics))
         logger.info("function %s consuming %s (%d partitions) as group %s", self.name, topic,
                     len(partitions), self.config.group(self.name))
         assigned = None
         while not self.stop.is_set():
             self.run_once()
+            self.state.beat()
+            if time.monotonic() >= self._next_lag:
+                self._next_lag = time.monotonic() + LAG_INTERVAL_S
+                self.metrics.set_lags(metrics.partition_lags(self.consumer))
             if self.consumer.assignment() != assigned:
                 assigned = set(self.consumer.assignment())
                 logger.info("function %s partitions assigned: %s", self.name,
@@ -319,11 +347,13 @@ class Worker:
         if not batch:
             self._maybe_commit()
             return 0
+        started = time.perf_counter()
         try:
             futures = self.emit(self.process_all([record for records in batch.values() for record in records]))
         except (OutputFailure, Transient) as exc:
             self._rewind([batch], exc.code, _error_text(exc), outage=isinstance(exc, Outage))
             return 0
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
         if futures:
             self._unacked = (batch, futures)
         else:
@@ -337,6 +367,7 @@ class Worker:
         self._done.update(offsets)
         self._uncommitted.update(offsets)
         self._blocked = 0
+        self.metrics.processed.inc(sum(len(records) for records in batch.values()))
         self._maybe_commit()
 
     def _maybe_commit(self) -> None:
@@ -360,6 +391,7 @@ class Worker:
 
     def _on_commit(self, offsets, response) -> None:
         if isinstance(response, BaseException):
+            self.metrics.commit_failures.inc()
             logger.warning("function %s commit failed code=%d: %s", self.name,
                            Code.CONSUMER_GROUP_ERROR, _error_text(response))
             # Again with the next commit (unless a later batch moved on): an idle worker would
@@ -381,8 +413,10 @@ class Worker:
                 decoded.append((i, self.event(record)))
             except Invalid:
                 pass  # process() routes it
+        started = time.perf_counter()
         try:
             handled = list(handle_batch([event for _, event in decoded], self.ctx))
+            self.metrics.handle_batch_seconds.observe(time.perf_counter() - started)
             if len(handled) != len(decoded):
                 raise RuntimeError(f"handle_batch returned {len(handled)} results for {len(decoded)} events")
         except Exception as exc:
@@ -423,7 +457,11 @@ class Worker:
         event = _record_event(record)
         try:
             event = self._decoded(event)
-            return list(self.module.handle(event, self.ctx) or ())
+            started = time.perf_counter()
+            try:
+                return list(self.module.handle(event, self.ctx) or ())
+            finally:
+                self.metrics.handle_seconds.observe(time.perf_counter() - started)
         except Invalid as exc:
             code, error, permanent = exc.code, str(exc), True
         except Transient as exc:
@@ -438,6 +476,7 @@ class Worker:
             logger.exception("function %s failed on %s/%d@%d", self.name, record.topic,
                              record.partition, record.offset)
             code, error, permanent = Code.MESSAGE_PROCESSING_ERROR, _error_text(exc), False
+        self.metrics.failed(code)
         if not permanent and not self.route_failures:
             raise Transient(code, error)
         logger.warning("function %s event %s/%d@%d attempt=%d code=%d: %s", self.name,
@@ -449,8 +488,11 @@ class Worker:
                          record.topic, record.partition, record.offset, Code.RETRY_EXHAUSTED)
             return self._given_up(event, code if permanent else Code.RETRY_EXHAUSTED)
         if routed.topic == self.config.topic("retry"):
+            self.metrics.retried(code)
             return [routed]
-        return [routed, *self._given_up(event, Code(int(routed.headers[bus.H_ERROR_CODE])))]
+        dlq_code = Code(int(routed.headers[bus.H_ERROR_CODE]))
+        self.metrics.dead_lettered(dlq_code)
+        return [routed, *self._given_up(event, dlq_code)]
 
     def _given_up(self, event: Event, code: Code) -> list[Output]:
         """What the function tells its caller about an event it gave up on (``on_dead_letter``):
@@ -530,6 +572,7 @@ class Worker:
         for tp, offset in first.items():
             self.consumer.seek(tp, offset)
         self._blocked += 1
+        self.metrics.rewound(code)
         delay_ms = self.policy.delay_ms(min(self._blocked, 30)) if self.policy.max_attempts else 1000
         if outage:
             delay_ms = min(delay_ms, OUTAGE_RETRY_MS)
@@ -544,6 +587,7 @@ class Worker:
                 self._await(futures)
                 self._done.update({tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)
                                    for tp, records in batch.items()})
+                self.metrics.processed.inc(sum(len(records) for records in batch.values()))
             owned = {tp: meta for tp, meta in self._done.items() if tp in self.consumer.assignment()}
             if owned:
                 # Bounded: a commit without a timeout waits forever for a coordinator that a broker
@@ -572,10 +616,17 @@ def install_signal_handlers(stop: threading.Event) -> None:
 
 def serve(name: str, module: ModuleType, config: Config, stop: threading.Event) -> None:
     """Run one function until ``stop`` is set (by SIGTERM/SIGINT in the process entry point)."""
-    bus.ensure_topics(config)
-    worker = Worker(name, module, config, bus.make_consumer(config, name), bus.make_producer(config),
-                    bus.make_redis(config), stop)
+    state, redis_client = probes.WorkerState(), bus.make_redis(config)
+    server = probes.start(config, state, redis_client, stop)  # first: start-up is probed too
     try:
-        worker.run()
+        bus.ensure_topics(config)
+        worker = Worker(name, module, config, bus.make_consumer(config, name), bus.make_producer(config),
+                        redis_client, stop, state)
+        try:
+            worker.run()
+        finally:
+            worker.close()
     finally:
-        worker.close()
+        if server is not None:
+            server.shutdown()
+            server.server_close()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 import time
 import uuid
 from queue import Empty
@@ -26,10 +25,11 @@ from flask import Flask, g, jsonify, request
 from flask_sock import Sock
 from kafka.errors import KafkaError, KafkaTimeoutError
 
-from common import bus, config as config_mod, logs, rpc
+from common import bus, checks, config as config_mod, logs, rpc
 from common.config import Config
 from common.errors import AppError, Code
-from common.models import db, init_db, now_ms
+from common.models import init_db, now_ms
+from gateway import metrics
 from gateway.inbox import Inbox
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class Gateway:
         self.redis = redis_client
         self.inbox = inbox
         self.hub = Hub(self)
+        metrics.WS_CONNECTIONS.set_function(lambda: len(self.hub.conns))
         self.draining = False  # set by drain(): /readyz answers 503, no new socket or frame is taken
         # Events produced with an on_error (a client's sends) until Kafka has answered for them.
         self._unsent: dict = {}
@@ -82,10 +83,12 @@ class Gateway:
                                         headers=[(bus.H_CID, cid.encode())] if cid else None)
         except KafkaError as exc:
             logger.error("%s event not produced code=%d: %s", function, Code.PRODUCER_ERROR, type(exc).__name__)
+            metrics.produce_failed(function)
             if on_error is None:
                 raise AppError(Code.PRODUCER_ERROR) from None
             on_error(exc)
             return None
+        future.add_errback(metrics.produce_failed, function)
         if on_error is not None:
             self._unsent[future] = on_error
             future.add_both(lambda _: self._unsent.pop(future, None))
@@ -111,6 +114,7 @@ class Gateway:
             try:
                 return waiter.get(timeout=max(remaining, 0.001))
             except Empty:
+                metrics.reply_timed_out(function)
                 logger.warning("%s request %s got no reply in %d ms code=%d", function, request_id,
                                timeout_ms, Code.TIMEOUT)
                 raise AppError(Code.TIMEOUT) from None
@@ -175,34 +179,7 @@ class Gateway:
 
     def health(self) -> dict:
         """Check each dependency; each entry says ok and how long the check took."""
-        checks = {}
-        for name, probe in (("db", self._check_db), ("redis", self.redis.ping),
-                            ("kafka", self._check_kafka)):
-            started = time.monotonic()
-            try:
-                probe()
-                checks[name] = {"ok": True}
-            except Exception as exc:  # any failure of a probe means "down"
-                checks[name] = {"ok": False, "error": type(exc).__name__}
-            checks[name]["ms"] = round((time.monotonic() - started) * 1000, 1)
-        return checks
-
-    @staticmethod
-    def _check_db() -> None:
-        with db.connection_context():
-            db.execute_sql("SELECT 1")
-
-    def _check_kafka(self) -> None:
-        """A broker accepts connections (cheap enough for every health probe)."""
-        errors = []
-        for broker in self.cfg.kafka.brokers:
-            host, _, port = broker.rpartition(":")
-            try:
-                socket.create_connection((host, int(port)), timeout=1).close()
-                return
-            except OSError as exc:
-                errors.append(exc)
-        raise ConnectionError(f"no broker reachable: {errors[-1]}")
+        return checks.run(checks.dependencies(self.cfg, self.redis))
 
 
 def envelope(data=None, code: Code = Code.SUCCESS, status: int | None = None):

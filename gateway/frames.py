@@ -12,6 +12,7 @@ import logging
 from common import chat, logs
 from common.errors import AppError, Code
 from common.models import db, now_ms
+from gateway import metrics
 from gateway.ws import frame
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,9 @@ def handle(text, conn, gw) -> list[str]:
         if not isinstance(kind, str) or not isinstance(payload, dict):
             raise TypeError
     except (ValueError, TypeError, KeyError, AttributeError):
+        metrics.FRAMES_IN["invalid"].inc()
         return [error_frame(AppError(Code.INVALID_PARAMS, 'a frame is JSON {"type": ..., "payload": {...}}'), None)]
+    metrics.frame_in(kind)
     handler = HANDLERS.get(kind)
     if handler is None:
         return [error_frame(AppError(Code.INVALID_PARAMS, f"unknown frame type {kind!r}"), kind)]

@@ -19,7 +19,8 @@ from werkzeug.exceptions import HTTPException
 from common import __version__, accounts, chat, presence, rpc
 from common.config import REPO_ROOT
 from common.errors import AppError, Code
-from common.models import DeadLetter, db, now_ms
+from common.models import db, now_ms
+from gateway import metrics as gateway_metrics
 from gateway.app import envelope, error_response
 
 logger = logging.getLogger(__name__)
@@ -91,15 +92,9 @@ def readyz():
 
 
 @bp.get("/metrics")
-@with_db
 def metrics():
-    """Prometheus text: DLQ depth by error code, and this gateway's open WebSocket connections."""
-    lines = ["# HELP pingme_dlq_depth Dead letters not yet replayed, by error code.",
-             "# TYPE pingme_dlq_depth gauge"]
-    lines += [f'pingme_dlq_depth{{code="{code}"}} {n}' for code, n in sorted(DeadLetter.depth_by_code().items())]
-    lines += ["# HELP pingme_ws_connections Open WebSocket connections on this gateway.",
-              "# TYPE pingme_ws_connections gauge", f"pingme_ws_connections {len(_gateway().hub.conns)}"]
-    return "\n".join(lines) + "\n", 200, {"Content-Type": "text/plain; version=0.0.4"}
+    """Prometheus text: this gateway's metrics (gateway/metrics.py) and the DLQ depth by code."""
+    return gateway_metrics.exposition(), 200, {"Content-Type": gateway_metrics.CONTENT_TYPE}
 
 
 @functools.lru_cache(maxsize=1)

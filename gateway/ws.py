@@ -41,6 +41,7 @@ from wsproto.utilities import LocalProtocolError
 from common import accounts, logs, presence
 from common.errors import AppError, Code
 from common.models import now_ms
+from gateway import metrics
 from gateway.app import sock
 
 logger = logging.getLogger(__name__)
@@ -224,7 +225,10 @@ class Connection:
         ws.sock.limit = limit
 
     def push(self, text: str) -> bool:
-        return self.push_frame(ws_frame(text))
+        if self.push_frame(ws_frame(text)):
+            metrics.frames_out(text)
+            return True
+        return False
 
     def push_frame(self, data: bytes) -> bool:
         """Write (or queue) an already framed message; False when the connection is gone."""
@@ -234,6 +238,7 @@ class Connection:
             self.ws.sock.send(data)
             return True
         except SlowReader as exc:
+            metrics.SLOW_READER_DROPS.inc()
             logger.warning("conn %s user %d too slow (%s); disconnecting", self.conn_id, self.user_id, exc)
         except OSError:
             pass
@@ -265,12 +270,14 @@ class Hub:
     def add(self, conn: Connection) -> bool:
         """Register a connection; True when its user just came online."""
         self.conns[conn.conn_id] = conn
+        metrics.WS_OPENED.inc()
         gw = self.gateway
         return presence.connect(gw.redis, gw.cfg, conn.user_id, conn.conn_id, gw.cfg.app.gateway_id, now_ms())
 
     def remove(self, conn: Connection) -> bool:
         """Forget a connection; True when it was its user's last one anywhere."""
-        self.conns.pop(conn.conn_id, None)
+        if self.conns.pop(conn.conn_id, None) is not None:
+            metrics.WS_CLOSED.inc()
         conn.close()
         return presence.disconnect(self.gateway.redis, self.gateway.cfg, conn.user_id, conn.conn_id, now_ms())
 
@@ -298,11 +305,13 @@ class Hub:
         """A message on this gateway's channel that is not a reply to a waiting HTTP request."""
         kind = message.get("type")
         if kind == "push":
-            data = ws_frame(message.get("text") or "")
+            text = message.get("text") or ""
+            data, pushed = ws_frame(text), 0
             for conn_id in message.get("conns") or ():
                 conn = self.conns.get(conn_id)
-                if conn is not None:
-                    conn.push_frame(data)
+                if conn is not None and conn.push_frame(data):
+                    pushed += 1
+            metrics.frames_out(text, pushed)
         elif kind in ("ack", "error") and message.get("conn_id"):
             conn = self.conns.get(message["conn_id"])
             if conn is not None:
@@ -331,7 +340,8 @@ def _authenticate(ws, cfg) -> int | None:
         deadline = time.monotonic() + AUTH_TIMEOUT_S
         text = ws.receive(timeout=AUTH_TIMEOUT_S)
         if text is None or time.monotonic() > deadline:
-            ws.send(frame("auth_fail", {"code": int(Code.UNAUTHORIZED), "message": "no auth frame within 10 s"}))
+            ws.send(metrics.counted(frame("auth_fail", {"code": int(Code.UNAUTHORIZED),
+                                                        "message": "no auth frame within 10 s"})))
             ws.close(reason=CLOSE_AUTH_TIMEOUT, message="authentication timeout")
             return None
         try:
@@ -342,7 +352,7 @@ def _authenticate(ws, cfg) -> int | None:
     try:
         return accounts.authenticate(token or "", cfg)
     except AppError as exc:
-        ws.send(frame("auth_fail", {"code": int(exc.code), "message": exc.message}))
+        ws.send(metrics.counted(frame("auth_fail", {"code": int(exc.code), "message": exc.message})))
         ws.close(reason=CLOSE_AUTH_FAILED, message=exc.message)
         return None
 

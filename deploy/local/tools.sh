@@ -55,6 +55,12 @@ ensure_kustomize() {
 }
 path_kustomize() { echo "$CACHE/kustomize-$KUSTOMIZE_VERSION/bin/kustomize"; }
 
+# prometheus: Debian's server (2.42) scrapes the gateway's and a function's /metrics in
+# tests/integration/test_probes_metrics.py, run with its own config and data dir (apt_install keeps
+# the package's system service from starting).
+ensure_prometheus() { [[ -x /usr/bin/prometheus ]] || apt_install prometheus; }
+path_prometheus() { echo /usr/bin/prometheus; }
+
 main() {
   [[ $# -ge 2 ]] || { echo "usage: $0 {ensure NAME...|path NAME}" >&2; exit 2; }
   local cmd="$1" name
