@@ -44,6 +44,11 @@ def value(samples: dict, name: str, **labels) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
+def processed(observed) -> float:
+    """send's pingme_events_processed_total, read from its /metrics."""
+    return value(scrape(observed.send), "pingme_events_processed_total", function="send")
+
+
 @pytest.fixture(scope="module")
 def observed(module_procs):
     """send (with its probe port) and deliver as processes of their own, and one gateway."""
@@ -97,13 +102,11 @@ def test_readyz_names_the_dependency_that_is_unreachable(start_function, depende
 
 def test_a_message_moves_the_function_and_gateway_counters(cfg, observed, clients):  # noqa: F811
     gw_before, fn_before = scrape(observed.gw.base), scrape(observed.send)
-    processed_before = value(fn_before, "pingme_events_processed_total", function="send")
+    processed_before = processed(observed)
     chat(cfg, observed, clients, 3)
-
-    def processed():
-        return value(scrape(observed.send), "pingme_events_processed_total", function="send") - processed_before
-    wait_for(lambda: processed() >= 3, timeout=15, what="send's processed counter to count 3 events")
-    assert processed() == 3
+    wait_for(lambda: processed(observed) - processed_before >= 3, timeout=15,
+             what="send's processed counter to count 3 events")
+    assert processed(observed) - processed_before == 3
     fn = scrape(observed.send)
     assert value(fn, "pingme_batch_seconds_count", function="send") > value(
         fn_before, "pingme_batch_seconds_count", function="send")
@@ -127,6 +130,8 @@ def test_a_message_moves_the_function_and_gateway_counters(cfg, observed, client
         return {labels: v for (name, labels), v in fn.items() if name == "pingme_consumer_lag"}
     wait_for(lambda: len(lags()) == 2, timeout=15, what="a lag series per partition")
     assert all(dict(labels)["function"] == "send" and v == 0 for labels, v in lags().items()), lags()
+    # The idle worker's loop keeps coming round (a poll every 0.2 s): liveness sees it recent.
+    assert json.loads(get(observed.send + "/healthz")[1])["loop_idle_s"] < 1.0
 
 
 def test_an_unanswered_request_counts_a_reply_timeout(start_gateway):
@@ -204,10 +209,8 @@ def test_prometheus_scrapes_a_function_and_the_gateway(cfg, observed, clients, p
         wait_for(lambda: query("up") == {"send": 1.0, "gateway": 1.0}, timeout=30,
                  what="Prometheus to scrape both targets successfully")
         # Every message sent in this module went through send (counted once its batch finished).
-        direct = wait_for(lambda: value(scrape(observed.send), "pingme_events_processed_total", function="send")
-                          if value(scrape(observed.send), "pingme_events_processed_total",
-                                   function="send") >= observed.sent else None,
-                          timeout=15, what="send to count every message")
+        wait_for(lambda: processed(observed) >= observed.sent, timeout=15, what="send to count every message")
+        direct = processed(observed)
         wait_for(lambda: query('pingme_events_processed_total{function="send"}') == {"send": direct},
                  timeout=15, what="Prometheus to hold send's processed count")
         frames = query('pingme_ws_frames_in_total{type="send"}')
