@@ -85,6 +85,7 @@ def test_sigterm_closes_every_socket_with_1012_and_exits_within_seconds(cfg, pro
 
 
 INTERVAL_S = 0.25  # each client sends four messages a second
+BURST = 5  # and, just before each SIGTERM, five at once: some are in flight while the gateway drains
 
 
 class Chatter(threading.Thread):
@@ -104,6 +105,7 @@ class Chatter(threading.Thread):
         self.closes: list[int | None] = []
         self.errors: list[int] = []
         self.sending, self.finish, self.done = True, threading.Event(), threading.Event()
+        self.burst = threading.Event()  # send BURST messages at once (set just before a SIGTERM)
         self.failure = None
         self.ws = None
 
@@ -116,16 +118,18 @@ class Chatter(threading.Thread):
 
     def run(self) -> None:
         try:
-            self._connect(self.index)
+            self._until_recovered(lambda: None, leaving=self.index - 1)  # its first gateway first
             next_send = last_resend = time.monotonic()
             while not self.finish.is_set():
                 now = time.monotonic()
-                if self.sending and now >= next_send:
+                if self.sending and (now >= next_send or self.burst.is_set()):
                     next_send = now + INTERVAL_S
-                    msg_id = str(uuid.uuid4())
-                    self.unacked[msg_id] = f"message {self.sent} of {self.user.id}"
-                    self.sent += 1
-                    self._send(msg_id)
+                    for _ in range(BURST if self.burst.is_set() else 1):
+                        msg_id = str(uuid.uuid4())
+                        self.unacked[msg_id] = f"message {self.sent} of {self.user.id}"
+                        self.sent += 1
+                        self._send(msg_id)
+                    self.burst.clear()
                 elif not self.sending and self.unacked and now - last_resend > 2:
                     last_resend = now
                     self._resend()
@@ -172,23 +176,27 @@ class Chatter(threading.Thread):
 
     def _connect(self, index: int) -> None:
         ws = wsclient.connect(_ws_url(self.gateways[index], self.user.token))
-        first = ws.receive(timeout=10)  # ConnectionClosed when that gateway is draining
-        if first is None or json.loads(first)["type"] != "auth_ok":
-            ws.close()
-            raise simple_websocket.ConnectionError(f"no auth_ok from gateway {index}")
+        while True:
+            text = ws.receive(timeout=10)  # ConnectionClosed when that gateway is draining
+            if text is None:
+                ws.close()
+                raise simple_websocket.ConnectionError(f"no auth_ok from gateway {index} in 10 s")
+            if self._on_frame(json.loads(text))[0] == "auth_ok":
+                break
         self.ws, self.index = ws, index
 
     def _recover(self) -> None:
         self.closes.append(self.ws.close_reason)
         self._until_recovered(lambda: (self._sync(), self._resend()))
 
-    def _until_recovered(self, then) -> None:
-        """Reconnect (another gateway first) and run ``then``, again while connections close."""
+    def _until_recovered(self, then, leaving: int | None = None) -> None:
+        """(Re)connect, to a gateway other than ``leaving`` (the current one) first, and run
+        ``then``; again while connections close or are refused."""
         deadline = time.monotonic() + 60
-        index = self.index
+        index = self.index if leaving is None else leaving
         while True:
             try:
-                if not self.ws.connected:
+                if self.ws is None or not self.ws.connected:
                     index = (index + 1) % len(self.gateways)
                     self._connect(index)
                 then()
@@ -234,6 +242,8 @@ def test_rolling_restart_of_both_gateways_under_load_loses_no_acknowledged_messa
     wait_for(lambda: acked() >= 60 or failures(), timeout=30, what="steady load")
     exits = []
     for i in (0, 1):  # one after the other, as a rollout does
+        for chatter in chatters:
+            chatter.burst.set()
         status, seconds = _terminate(gateways[i])
         exits.append((status, round(seconds, 2)))
         gateways[i] = procs.gateway()  # its replacement (a new port, as a new pod gets a new address)
@@ -247,7 +257,8 @@ def test_rolling_restart_of_both_gateways_under_load_loses_no_acknowledged_messa
         chatter.finish.set()
     for chatter in chatters:
         assert chatter.done.wait(60)
-        chatter.ws.close()
+        if chatter.ws is not None:
+            chatter.ws.close()
     assert not failures(), failures()
 
     sent = {msg_id: chatter for chatter in chatters for msg_id in chatter.acked}
