@@ -128,7 +128,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Frames queued for one slow WebSocket client before it is disconnected"),
     Setting("app.function_port", "FUNCTION_PORT", 0, _int(0, 65535),
             "A function worker's probe port (`/healthz`, `/readyz`, `/metrics`) on `app.host`; "
-            "0: off. `python -m functions all` gives its i-th child this port + i"),
+            "0: off. `python -m functions all` gives each function this port + its place in "
+            "`functions.FUNCTIONS` (register +0 … dlq +5)"),
     Setting("db.engine", "DB_ENGINE", "sqlite", _choice("sqlite", "mysql"),
             "`sqlite` (embedded, local run only) or `mysql` (MariaDB/MySQL)"),
     Setting("db.path", "DB_PATH", ".state/pingme.db", _nonempty,
