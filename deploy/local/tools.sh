@@ -61,6 +61,33 @@ path_kustomize() { echo "$CACHE/kustomize-$KUSTOMIZE_VERSION/bin/kustomize"; }
 ensure_prometheus() { [[ -x /usr/bin/prometheus ]] || apt_install prometheus; }
 path_prometheus() { echo /usr/bin/prometheus; }
 
+# kube-apiserver + etcd: a real API server for the server-side dry-run of deploy/k8s
+# (tests/deploy/test_k8s_apiserver.py). kube-apiserver is built from the k8s.io/kubernetes module
+# through the wrapper module deploy/local/kube (go.mod maps the staging modules to their published
+# v0.37.2; go.sum pins them): 10-13 min and ~3 GB of Go cache the first time on this 2-core box, then
+# cached. Built under `nice -n 19`, as other work shares the machine. etcd is Debian's etcd-server.
+KUBE_VERSION=v1.37.2
+ensure_kube_apiserver() {
+  local out go ldflags="" pkg
+  out="$(path_kube_apiserver)"
+  [[ -x $out ]] && return 0
+  go="$(command -v go || echo /usr/local/go/bin/go)"
+  [[ -x $go ]] || die "go is needed to build kube-apiserver (not found on PATH or in /usr/local/go/bin)"
+  # The version the server reports (/version); the module zip carries none of git's.
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1"
+    ldflags+=" -X $pkg.gitMinor=$(cut -d. -f2 <<<"$KUBE_VERSION") -X $pkg.gitTreeState=clean"
+  done
+  mkdir -p "$(dirname "$out")"
+  (cd "$HERE/kube" && GOMODCACHE="$CACHE/go/mod" GOCACHE="$CACHE/go/build" GOFLAGS="-mod=readonly -buildvcs=false" \
+    nice -n 19 "$go" build -ldflags "-s -w$ldflags" -o "$out.tmp" k8s.io/kubernetes/cmd/kube-apiserver) ||
+    die "go build kube-apiserver failed"
+  mv "$out.tmp" "$out"
+}
+path_kube_apiserver() { echo "$CACHE/kube-apiserver-$KUBE_VERSION/bin/kube-apiserver"; }
+ensure_etcd() { [[ -x /usr/bin/etcd ]] || apt_install etcd-server; }
+path_etcd() { echo /usr/bin/etcd; }
+
 main() {
   [[ $# -ge 2 ]] || { echo "usage: $0 {ensure NAME...|path NAME}" >&2; exit 2; }
   local cmd="$1" name

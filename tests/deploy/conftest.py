@@ -24,10 +24,10 @@ OVERLAY = "overlays/example"
 CACHE = Path(os.environ.get("PINGME_CACHE_DIR") or Path.home() / ".cache" / "pingme")
 
 
-def tool(name: str) -> str:
+def tool(name: str, timeout: float = 900) -> str:
     """The path of a tool of deploy/local/tools.sh, built or installed first when missing."""
     out = subprocess.run(["bash", str(REPO / "deploy/local/tools.sh"), "path", name],
-                         capture_output=True, text=True, timeout=900)
+                         capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, f"tools.sh path {name} failed:\n{out.stderr[-3000:]}"
     return out.stdout.strip().splitlines()[-1]
 
