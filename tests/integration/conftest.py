@@ -1,8 +1,9 @@
 """Integration fixtures: the real servers of deploy/local/services.sh, functions as separate
 processes, and the gateway under gunicorn's gevent worker.
 
-Each test session gets its own namespace (Kafka topics, consumer groups, Redis keys) and a freshly
-migrated ``pingme_test`` database, so runs never see each other's data.
+Each test session gets its own namespace (Kafka topics, consumer groups, Redis keys) and its own
+freshly migrated database ``pingme_test_<namespace>``, dropped at its end, so sessions that run at
+the same time on one machine never see or break each other's data.
 """
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import pymysql
 import pytest
 
 from common import bus, config as config_mod
-from common.models import MODELS, db, init_db, migrate
+from common.models import db, init_db, migrate
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = REPO / "deploy" / "local" / "services.sh"
@@ -53,12 +55,13 @@ def base_env() -> dict[str, str]:
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("APP_", "DB_", "REDIS_", "KAFKA_", "RETRY_", "JWT_", "PINGME_"))}
     env.update(_services_env())
+    namespace = f"t{uuid.uuid4().hex[:8]}"
     env.update({
         "APP_CONF": os.devnull,
         "APP_ENV": "test",
         "DB_ENGINE": "mysql",
-        "DB_NAME": "pingme_test",
-        "PINGME_NAMESPACE": f"t{uuid.uuid4().hex[:8]}",
+        "DB_NAME": f"pingme_test_{namespace}",
+        "PINGME_NAMESPACE": namespace,
         "PASSWORD_ITERATIONS": "1000",
         "KAFKA_PARTITIONS": "2",
         "JWT_SECRET": "integration-test-secret-" + uuid.uuid4().hex,
@@ -68,14 +71,24 @@ def base_env() -> dict[str, str]:
     return env
 
 
+def _server_sql(cfg, statement: str) -> None:
+    """Run one statement on the MariaDB server, outside any database (creating or dropping one)."""
+    conn = pymysql.connect(host=cfg.db.host, port=cfg.db.port, user=cfg.db.username,
+                           password=cfg.db.password, connect_timeout=5)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        conn.close()
+
+
 @pytest.fixture(scope="session")
 def cfg(base_env):
     cfg = config_mod.load(base_env)
     for attempt in range(30):
         try:
+            _server_sql(cfg, f"CREATE DATABASE IF NOT EXISTS `{cfg.db.name}` CHARACTER SET utf8mb4")
             init_db(cfg.db)
-            with db.connection_context():
-                db.drop_tables(MODELS, safe=True)
             migrate()
             bus.ensure_topics(cfg)
             break
@@ -84,7 +97,9 @@ def cfg(base_env):
                 pytest.fail("the real servers are not reachable: run `make services` "
                             "(deploy/local/services.sh start) first")
             time.sleep(1)
-    return cfg
+    yield cfg
+    db.close()
+    _server_sql(cfg, f"DROP DATABASE IF EXISTS `{cfg.db.name}`")
 
 
 @pytest.fixture(scope="session")
