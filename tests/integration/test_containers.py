@@ -99,8 +99,9 @@ def image():
 
 
 @pytest.fixture(scope="module")
-def stack(image, base_env):
-    """The gateway and the six functions, one container each, in a private namespace."""
+def stack(image, base_env, cfg):
+    """The gateway and the six functions, one container each, in a private namespace (on the
+    session's database, which ``cfg`` creates)."""
     env = {key: base_env[key] for key in FORWARDED if key in base_env}
     env.update({"PINGME_NAMESPACE": f"c{uuid.uuid4().hex[:8]}", "APP_ENV": "production", "LOG_LEVEL": "INFO"})
     containers = Containers(env)
