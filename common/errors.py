@@ -6,9 +6,10 @@ and log lines. Ranges: 0 success, 1xxxx general, 2xxxx infrastructure, 3xxxx acc
 """
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, unique
 
 
+@unique  # a reused number would otherwise become a silent alias of the first
 class Code(IntEnum):
     """An error code with its default message and HTTP status."""
 

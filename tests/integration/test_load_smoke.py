@@ -23,11 +23,14 @@ def test_chat_load_tool_smoke(gw1, tmp_path):
     assert 0 < result["e2e_ms"]["p50"] <= result["e2e_ms"]["p99"]
     processes = result["processes"]
     assert processes["gw-master"]["pids"] == [gw1.proc.popen.pid], processes  # the gateway under load
-    assert processes["gw"]["cpu_pct"] >= 0 and processes["send"]["cpu_pct"] >= 0, processes
+    # Both did work for 40 messages: a zero means the tool measured the wrong processes.
+    assert processes["gw"]["cpu_pct"] > 0 and processes["send"]["cpu_pct"] > 0, processes
     assert sum(row["sent"] for row in result["timeline"]) == 40
+    png = out.with_suffix(".png")
     if importlib.util.find_spec("matplotlib") is not None:
-        png = out.with_suffix(".png")
         assert png.exists() and png.stat().st_size > 0, done.stdout[-2000:]
+    else:  # the tool says why there is no plot instead of failing or staying silent
+        assert not png.exists() and "matplotlib is not installed" in done.stdout, done.stdout[-2000:]
 
 
 def test_conn_capacity_tool_smoke(gw1, tmp_path):
