@@ -48,6 +48,9 @@ _batch = Histogram("pingme_batch_seconds", "Time to process one poll's records: 
 _rewinds = Counter("pingme_batch_rewinds", "Batches rewound and tried again (outputs not produced, "
                    "DLQ hand-off failed, a dependency outage), by error code.", ["function", "code"],
                    registry=REGISTRY)
+_batch_fallbacks = Counter("pingme_batch_fallbacks", "Polls whose handle_batch raised, processed one "
+                           "event at a time instead (a bug in the batch path; its traceback is "
+                           "logged).", ["function"], registry=REGISTRY)
 _commit_failures = Counter("pingme_commit_failures", "Offset commits the group coordinator refused or "
                            "that failed (sent again with the next commit).", ["function"],
                            registry=REGISTRY)
@@ -92,6 +95,7 @@ class FunctionMetrics:
         self.handle_seconds = _handler.labels(function, "handle")
         self.handle_batch_seconds = _handler.labels(function, "handle_batch")
         self.batch_seconds = _batch.labels(function)
+        self.batch_fallbacks = _batch_fallbacks.labels(function)
         self.commit_failures = _commit_failures.labels(function)
         self.rebalances = _rebalances.labels(function)
         self.assigned = _assigned.labels(function)

@@ -421,8 +421,9 @@ class Worker:
                 raise RuntimeError(f"handle_batch returned {len(handled)} results for {len(decoded)} events")
         except Exception as exc:
             self._raise_if_outage(exc)
-            logger.warning("function %s batch of %d failed (%s); processing one by one", self.name,
-                           len(decoded), _error_text(exc))
+            self.metrics.batch_fallbacks.inc()
+            logger.exception("function %s handle_batch of %d events failed; processing them one by one",
+                             self.name, len(decoded))
             handled = [None] * len(decoded)
         for (i, _), outputs in zip(decoded, handled):
             results[i] = outputs

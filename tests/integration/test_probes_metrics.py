@@ -201,6 +201,8 @@ def test_prometheus_scrapes_a_function_and_the_gateway(cfg, observed, clients, p
             status, body, _ = get(f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
         except OSError:
             return {}
+        if status == 503:  # still starting: "Service Unavailable" in plain text until it is ready
+            return {}
         answer = json.loads(body)
         assert status == 200 and answer["status"] == "success", answer
         return {r["metric"].get("job"): float(r["value"][1]) for r in answer["data"]["result"]}

@@ -4,6 +4,7 @@ types the gateway counts, and the probe ports of ``python -m functions all``.
 
 The same paths against running processes and a real Prometheus: tests/integration/test_probes_metrics.py."""
 import json
+import logging
 import threading
 import types
 import urllib.error
@@ -173,6 +174,19 @@ def test_a_rewound_batch_and_a_failed_commit_are_counted_and_the_batch_counts_on
     assert _delta(before, "pingme_events_processed_total", function="send") == 0
     worker._on_commit({TP: None}, RuntimeError("coordinator moved"))
     assert _delta(before, "pingme_commit_failures_total", function="send") == 1
+
+
+def test_a_failed_handle_batch_is_counted_and_logged_with_its_traceback(caplog):
+    def handle_batch(events, ctx):
+        raise KeyError("bug in the batch path")
+    before = fn_metrics.exposition()
+    worker = _worker(lambda e, c: [], [{TP: [_rec(0), _rec(1)]}], handle_batch=handle_batch)
+    with caplog.at_level(logging.ERROR, logger="functions.runtime"):
+        assert worker.run_once() == 2
+    assert _delta(before, "pingme_batch_fallbacks_total", function="send") == 1
+    [record] = [r for r in caplog.records if "handle_batch" in r.getMessage()]
+    assert record.getMessage() == "function send handle_batch of 2 events failed; processing them one by one"
+    assert record.exc_info and record.exc_info[0] is KeyError
 
 
 def test_handle_batch_time_is_observed_per_call():
