@@ -1,0 +1,81 @@
+"""send by name: a send event in, the stored message and its ack and deliver event out."""
+from common.errors import Code
+from common.models import Conversation, Message
+from functions import send
+from functions.runtime import Emit, Invalid, Publish
+from tests.unit.functions.conftest import make_event, make_user
+
+import pytest
+
+
+def make_send_event(**overrides):
+    value = {"msg_id": "m-1", "sender_id": 1, "to_user_id": 2, "content": "hello",
+             "content_type": "text", "reply_to": "t:gw:g1", "conn_id": "c1", **overrides}
+    return make_event("t.send", {k: v for k, v in value.items() if v is not None})
+
+
+@pytest.fixture
+def users(database):
+    return make_user("alice"), make_user("bob")
+
+
+def test_a_message_is_stored_with_seq_1_then_acknowledged_and_handed_to_delivery(ctx, users):
+    alice, bob = users
+    outputs = send.handle(make_send_event(sender_id=alice, to_user_id=bob), ctx)
+    [row] = Message.select()
+    conv = Conversation.get_by_id(row.conversation_id)
+    assert (row.msg_id, row.seq, row.sender_id, row.content, conv.last_seq) == ("m-1", 1, alice, "hello", 1)
+    message = {"msg_id": "m-1", "conversation_id": conv.id, "seq": 1, "from_user_id": alice,
+               "content": "hello", "content_type": "text", "server_ts": row.created_at, "to_user_id": bob}
+    assert outputs == [
+        Emit("t.deliver", {"kind": "message", "message": message, "origin_conn": "c1"}, key=str(conv.id)),
+        Publish("t:gw:g1", {"type": "ack", "ok": True, "conn_id": "c1", "data": {
+            "msg_id": "m-1", "conversation_id": conv.id, "seq": 1, "server_ts": row.created_at}}),
+    ]
+
+
+def test_a_resent_message_is_stored_once_and_gets_the_same_outputs_again(ctx, users):
+    alice, bob = users
+    first = send.handle(make_send_event(sender_id=alice, to_user_id=bob), ctx)
+    again = send.handle(make_send_event(sender_id=alice, to_user_id=bob), ctx)
+    assert again == first
+    assert Message.select().count() == 1
+
+
+def test_a_batch_numbers_a_conversation_in_order_and_leaves_an_invalid_event_to_handle(ctx, users):
+    alice, bob = users
+    events = [make_send_event(msg_id="m-1", sender_id=alice, to_user_id=bob),
+              make_send_event(msg_id="m-x", sender_id=None),  # no sender: can never succeed
+              make_send_event(msg_id="m-2", sender_id=bob, to_user_id=alice, conn_id=None, request_id="r-2")]
+    results = send.handle_batch(events, ctx)
+    assert results[1] is None
+    assert [out.value["data"]["seq"] for out in (results[0][1], results[2][1])] == [1, 2]
+    assert results[2][1].value["request_id"] == "r-2" and "conn_id" not in results[2][1].value
+    assert [(m.msg_id, m.seq) for m in Message.select().order_by(Message.seq)] == [("m-1", 1), ("m-2", 2)]
+    with pytest.raises(Invalid) as raised:
+        send.handle(events[1], ctx)
+    assert raised.value.code == Code.UNMARSHAL_FAILED
+
+
+@pytest.mark.parametrize("overrides, code, field", [
+    ({"content": ""}, Code.INVALID_PARAMS, "content"),
+    ({"to_user_id": 999}, Code.USER_NOT_FOUND, None),
+    ({"to_user_id": None, "group_id": 77}, Code.GROUP_NOT_FOUND, None),
+])
+def test_a_send_that_cannot_be_stored_is_answered_with_its_code_and_stores_nothing(ctx, users, overrides,
+                                                                                   code, field):
+    alice, _ = users
+    [reply] = send.handle(make_send_event(sender_id=alice, **overrides), ctx)
+    assert reply.channel == "t:gw:g1" and reply.value["type"] == "error" and reply.value["ok"] is False
+    assert reply.value["conn_id"] == "c1"
+    error = reply.value["error"]
+    assert (error["code"], error["ref"], error.get("field")) == (int(code), "m-1", field)
+    assert Message.select().count() == 0
+
+
+def test_a_send_given_up_on_tells_its_sender(ctx, users):
+    alice, bob = users
+    outputs = send.on_dead_letter(make_send_event(sender_id=alice, to_user_id=bob), Code.RETRY_EXHAUSTED, ctx)
+    assert outputs == [Publish("t:gw:g1", {"type": "error", "ok": False, "conn_id": "c1", "error": {
+        "code": 50006, "message": Code.RETRY_EXHAUSTED.message, "ref": "m-1"}})]
+    assert Message.select().count() == 0
