@@ -11,7 +11,7 @@ export PYTHON BASE_PYTHON
 .PHONY: help install deps services dev bench-dev stop status test test-unit test-integration config-table
 
 help:
-	@echo "make dev        start Kafka, Redis, the functions and the gateway (SQLite); prints the URL"
+	@echo "make dev        start Kafka, Redis, the functions and the gateway (SQLite); prints the web client's URL"
 	@echo "make stop       stop everything make dev or make services started"
 	@echo "make test       start the real servers if needed and run the whole test suite"
 	@echo "make test-unit  the pure unit tests only (no servers)"

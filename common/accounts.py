@@ -144,6 +144,22 @@ def profile(user_id: int) -> User:
     return user
 
 
+def find(username) -> User:
+    """The user of an exact username in any letter case (30001 if none): how a chat starts."""
+    if not isinstance(username, str) or not USERNAME.match(username):
+        raise AppError(Code.INVALID_PARAMS, "username must be 3-32 letters, digits, '_', '.' or '-'",
+                       field="username")
+    user = _by_name(username)
+    if user is None:
+        raise AppError(Code.USER_NOT_FOUND)
+    return user
+
+
+def contact(user: User) -> dict:
+    """What other users see of a user (no email)."""
+    return {"id": user.id, "username": user.username, "nickname": user.nickname, "avatar": user.avatar}
+
+
 def update_profile(user_id: int, changes: dict) -> User:
     updated = User.update(**changes, updated_at=now_ms()).where(User.id == user_id).execute()
     if not updated:

@@ -92,6 +92,17 @@ def _choice(*choices: str) -> Callable[[Any, str], str]:
     return parse
 
 
+def _origins(raw: Any, key: str) -> tuple[str, ...]:
+    """Comma-separated web origins (``scheme://host[:port]``), or ``*`` for any."""
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    origins = tuple(str(item).strip().rstrip("/").lower() for item in items if str(item).strip())
+    for origin in origins:
+        scheme, sep, host = origin.partition("://")
+        if origin != "*" and (scheme not in ("http", "https") or not sep or not host or "/" in host):
+            raise ConfigError(f"{key}: {origin!r} is not an origin like https://chat.example.com[:port] (or *)")
+    return origins
+
+
 def _brokers(raw: Any, key: str) -> tuple[str, ...]:
     items = raw if isinstance(raw, list) else str(raw).split(",")
     brokers = tuple(str(item).strip() for item in items if str(item).strip())
@@ -130,6 +141,9 @@ SETTINGS: tuple[Setting, ...] = (
             "A function worker's probe port (`/healthz`, `/readyz`, `/metrics`) on `app.host`; "
             "0: off. `python -m functions all` gives each function this port + its place in "
             "`functions.FUNCTIONS` (register +0 … dlq +5)"),
+    Setting("app.allowed_origins", "ALLOWED_ORIGINS", "", _origins,
+            "Web origins (comma-separated `scheme://host[:port]`, or `*`) whose pages may open "
+            "`/ws`; empty: the gateway's own origin only. A client without an `Origin` header is not checked"),
     Setting("db.engine", "DB_ENGINE", "sqlite", _choice("sqlite", "mysql"),
             "`sqlite` (embedded, local run only) or `mysql` (MariaDB/MySQL)"),
     Setting("db.path", "DB_PATH", ".state/pingme.db", _nonempty,
@@ -185,6 +199,7 @@ class AppConfig:
     worker_connections: int
     ws_queue_limit: int
     function_port: int
+    allowed_origins: tuple[str, ...]
 
 
 @dataclass(frozen=True)

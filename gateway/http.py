@@ -1,4 +1,5 @@
-"""HTTP API of the gateway: health, version, auth, profile, messages, conversations and groups.
+"""HTTP API of the gateway: health, version, auth, profile, users, messages, conversations and
+groups; and the web client's page at ``/`` (gateway/static, served with a strict CSP).
 
 Every response uses the envelope ``{"code", "message", "data"}``; errors carry the code from
 common/errors.py with its HTTP status (and ``field`` for 10002).
@@ -238,6 +239,35 @@ def user_status(user_id):
     accounts.profile(user_id)  # 30001 for an unknown user
     gw = _gateway()
     return envelope(presence.status(gw.redis, gw.cfg, [user_id], now_ms())[user_id])
+
+
+@bp.get("/api/v1/users")
+@require_user
+@with_db
+def find_user():
+    return envelope(accounts.contact(accounts.find(request.args.get("username"))))
+
+
+@bp.get("/api/v1/users/<int:user_id>")
+@require_user
+@with_db
+def get_user(user_id):
+    return envelope(accounts.contact(accounts.profile(user_id)))
+
+
+# The web client's page: its scripts and styles come from /static only (no inline code), it talks
+# to this origin only, and no other site may frame it.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+@bp.get("/")
+def web_client():
+    """The browser chat client (gateway/static: plain HTML, CSS and ES modules, no build step)."""
+    response = current_app.send_static_file("index.html")
+    response.headers.update({"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+                             "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"})
+    return response
 
 
 def register_error_handlers(app) -> None:

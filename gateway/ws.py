@@ -13,6 +13,9 @@ partial frame to a slow reader (upstream issue #45) — the outbox only ever wri
 order; and a negotiated per-message deflate keeps a zlib context per socket (~90 KB), so
 compression is not offered (chat frames are small JSON).
 
+A browser's upgrade is refused (HTTP 403, 10004) unless its ``Origin`` is the gateway's own or in
+``app.allowed_origins`` (:func:`check_origin`).
+
 Each client frame is handled under a correlation id of its own (common/logs.py). While the gateway
 drains (``Gateway.drain``) no frame is handled and no new socket stays open: each is closed with
 1012 (Service Restart).
@@ -382,6 +385,32 @@ def websocket(ws):
     except Exception:
         logger.exception("websocket closed code=%d: unexpected error", Code.WEBSOCKET_ERROR)
         _close_quietly(ws, CLOSE_SERVER_ERROR, "server error")
+
+
+def origin_allowed(origin: str, host: str, allowed: tuple[str, ...]) -> bool:
+    """A browser page's ``Origin`` may open ``/ws`` when it is listed in ``app.allowed_origins``
+    (``*``: any) or is the gateway's own origin: its host[:port] is the request's ``Host``."""
+    origin = origin.strip().rstrip("/").lower()
+    if "*" in allowed or origin in allowed:
+        return True
+    scheme, sep, netloc = origin.partition("://")
+    default_port = {"http": ":80", "https": ":443"}.get(scheme)
+    host = host.strip().lower()
+    return bool(sep and netloc and default_port) and \
+        netloc.removesuffix(default_port) == host.removesuffix(default_port)
+
+
+@sock.bp.before_request
+def check_origin():
+    """Refuse the upgrade (403, 10004) to a page of another origin: a browser sends its page's
+    ``Origin``, and a socket opened by a foreign page would act as its user. Clients that are not
+    browsers send no ``Origin`` and are not checked."""
+    origin = request.headers.get("Origin")
+    if origin is None or origin_allowed(origin, request.host, current_app.config["PINGME"].app.allowed_origins):
+        return
+    logger.warning("websocket upgrade refused code=%d: origin %.100r is not allowed for host %.100r",
+                   Code.FORBIDDEN, origin, request.host)
+    raise AppError(Code.FORBIDDEN, "this origin may not open the WebSocket (app.allowed_origins)")
 
 
 def _close_quietly(ws, code: int, reason: str) -> None:

@@ -47,7 +47,8 @@ case "${1:-}" in
     start_proc gateway "$PYTHON" -m gunicorn -c gateway/gunicorn.conf.py gateway.wsgi:app
     for _ in $(seq 1 150); do
       if curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then
-        echo "PingMe API on http://127.0.0.1:$PORT (WebSocket ws://127.0.0.1:$PORT/ws); 'make stop' stops everything"
+        echo "PingMe web client on http://127.0.0.1:$PORT/ (open it in two windows, register two accounts, chat)"
+        echo "API on http://127.0.0.1:$PORT/api/v1, WebSocket ws://127.0.0.1:$PORT/ws; 'make stop' stops everything"
         exit 0
       fi
       alive gateway || { tail -20 "$STATE/gateway.log"; exit 1; }

@@ -55,6 +55,11 @@ ensure_kustomize() {
 }
 path_kustomize() { echo "$CACHE/kustomize-$KUSTOMIZE_VERSION/bin/kustomize"; }
 
+# chromium: Debian's browser, driven by Playwright for Python in tests/browser (the web client).
+# Never `playwright install` (it downloads its own browser, which fails here).
+ensure_chromium() { [[ -x /usr/bin/chromium ]] || apt_install chromium; }
+path_chromium() { echo /usr/bin/chromium; }
+
 # prometheus: Debian's server (2.42) scrapes the gateway's and a function's /metrics in
 # tests/integration/test_probes_metrics.py, run with its own config and data dir (apt_install keeps
 # the package's system service from starting).

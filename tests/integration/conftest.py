@@ -178,8 +178,9 @@ class Procs:
         return proc
 
     def gateway(self, **env) -> Api:
-        """Start the gateway under gunicorn (gevent worker) and wait until it answers /health."""
-        port = free_port()
+        """Start the gateway under gunicorn (gevent worker) and wait until it answers /health;
+        on a free port, or on ``APP_PORT`` (a restart where the old one listened)."""
+        port = int(env.get("APP_PORT") or free_port())
         proc = Proc([sys.executable, "-m", "gunicorn", "-c", "gateway/gunicorn.conf.py",
                      "gateway.wsgi:app"],
                     {**self.base_env, "APP_HOST": "127.0.0.1", "APP_PORT": str(port), **env}, "gateway")
