@@ -20,9 +20,9 @@ import json
 
 from common import bus, chat, presence
 from common.errors import AppError, Code
-from functions.runtime import Invalid, Publish
+from functions.api import Invalid, Publish, Spec
 
-MAX_RECORDS = 500
+SPEC = Spec(max_records=500)
 
 
 def _fields(e: dict, *names):

@@ -12,9 +12,9 @@ import logging
 from common import bus
 from common.errors import Code
 from common.models import DeadLetter
+from functions.api import Spec
 
-RAW = True
-ROUTE_FAILURES = False
+SPEC = Spec(raw=True, route_failures=False)
 logger = logging.getLogger(__name__)
 
 

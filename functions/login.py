@@ -8,9 +8,10 @@ Scale: the password hash is the cost (auth.password_iterations); run more login 
 """
 from common import accounts
 from functions import rpc
+from functions.api import Spec
 
-REDACT = ("body",)
-MAX_RECORDS = 1  # one password hash per poll, so no reply waits for a batch (see register)
+# One password hash per poll, so no reply waits for a batch (see register).
+SPEC = Spec(redact=("body",), max_records=1)
 
 
 def handle(event, ctx):

@@ -10,11 +10,11 @@ Failures: database errors are retried (20001), then dead-lettered with the passw
 """
 from common import accounts
 from functions import rpc
+from functions.api import Spec
 
-REDACT = ("body",)
 # One request per poll: each costs a password hash (~0.1 s), and a reply must not wait for the rest
 # of a batch (that held answers past the caller's deadline under a burst).
-MAX_RECORDS = 1
+SPEC = Spec(redact=("body",), max_records=1)
 
 
 def handle(event, ctx):

@@ -1,7 +1,7 @@
 """retry — put a failed event back on its origin topic once its backoff has passed.
 
 Input: topic ``<ns>.retry``. The record is the failed event's original bytes and key; its headers
-carry the origin topic, the attempt number, the due time and the last error (functions/runtime.py
+carry the origin topic, the attempt number, the due time and the last error (functions/policy.py
 writes them). Output: the same bytes, key and headers on the origin topic, at or after the due time.
 Idempotency: none needed here; the origin function is idempotent on its own key.
 Waiting: events are handled in order, sleeping until each is due. Every delay is capped at
@@ -13,10 +13,9 @@ import logging
 
 from common import bus
 from common.errors import Code
-from functions.runtime import Emit, Invalid, Transient
+from functions.api import Emit, Invalid, Spec, Transient
 
-RAW = True
-ROUTE_FAILURES = False
+SPEC = Spec(raw=True, route_failures=False)
 logger = logging.getLogger(__name__)
 
 

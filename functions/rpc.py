@@ -9,7 +9,7 @@ from typing import Callable
 
 from common import rpc
 from common.errors import AppError, Code
-from functions.runtime import Event, Invalid, Publish
+from functions.api import Event, Invalid, Publish
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ Contract:
   again every second at most until it is back — back-pressure, no retry budget spent, nothing
   dead-lettered. Only failures while the dependencies answer take the retry → DLQ route.
 * **Blocking failures.** When outputs cannot be produced (50008), the DLQ hand-off fails (50007), or
-  a function that declares ``ROUTE_FAILURES = False`` (retry, dlq) fails, nothing is committed: the
+  a function that declares ``Spec(route_failures=False)`` (retry, dlq) fails, nothing is committed: the
   batch (with the one polled after it) is rewound and tried again with backoff.
 * **Batches.** A function may also define ``handle_batch(events, ctx)``: called with every decoded
   event of a poll, it returns one list of outputs per event, or ``None`` for an event it leaves to
@@ -41,9 +41,13 @@ Contract:
 * A worker keeps one database connection (Peewee opens it on first use); a database error hands it
   back to the pool, which pings it before the next event uses it, so a restarted database heals.
 
-Optional module attributes of a function: ``RAW = True`` (the event's ``value`` stays undecoded
-bytes), ``ROUTE_FAILURES = False`` (see above), ``REDACT = ("password",)`` (fields blanked before an
-event is handed to the DLQ), ``MAX_RECORDS`` (poll batch size).
+* **Time is injected**: the worker's wall clock (``clock``, milliseconds: what handlers see as
+  ``ctx.now_ms()`` and what retry/DLQ records are stamped with) and its monotonic clock
+  (``monotonic``, seconds: the commit schedule, lag updates) are constructor arguments.
+
+A function's module holds only the handler API (functions/api.py) and its declared options
+(``SPEC = Spec(...)``, checked here at start-up); failure routing is functions/policy.py's and the
+offset bookkeeping functions/commits.py's. What remains here is the loop around the clients.
 """
 from __future__ import annotations
 
@@ -53,9 +57,9 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from types import ModuleType
-from typing import Any, Callable, Union
+from typing import Callable
 
 import peewee as pw
 import redis
@@ -67,75 +71,15 @@ from common import bus, logs
 from common.config import Config
 from common.errors import Code
 from common.models import db, now_ms
-from functions import metrics, probes
-from functions.policy import RetryPolicy
+from functions import metrics, policy, probes
+from functions.api import Context, Emit, Event, Invalid, Outage, Output, Publish, Transient, spec_of
+from functions.commits import CommitSchedule
+from functions.policy import DEPENDENCY_ERRORS, RetryPolicy, error_text as _error_text
 
 logger = logging.getLogger(__name__)
 COMMIT_TIMEOUT_MS = 10_000
 OUTAGE_RETRY_MS = 1_000  # how often a paused worker tries its batch again while a dependency is down
 LAG_INTERVAL_S = 5.0  # how often pingme_consumer_lag is brought up to date
-
-
-@dataclass(frozen=True)
-class Event:
-    """One input record as a handler sees it."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: Any                  # decoded JSON object, or the raw bytes for RAW functions
-    raw: bytes | None
-    headers: dict[str, str]
-    timestamp_ms: int
-
-    @property
-    def attempt(self) -> int:
-        """How many retries this event has had so far (0 on its first run)."""
-        return int(self.headers.get(bus.H_ATTEMPT, "0") or 0)
-
-
-@dataclass(frozen=True)
-class Emit:
-    """Produce ``value`` (a JSON-able object, or bytes as they are) to the Kafka topic ``topic``."""
-
-    topic: str
-    value: Any
-    key: str | bytes | None = None
-    headers: dict[str, object] = field(default_factory=dict)
-    timestamp_ms: int | None = None  # the record's timestamp; None: when it is handed to the producer
-
-
-@dataclass(frozen=True)
-class Publish:
-    """Publish ``value`` to a gateway's Redis channel."""
-
-    channel: str
-    value: Any
-
-
-Output = Union[Emit, Publish]
-
-
-class Invalid(Exception):
-    """The event can never succeed (bad shape, unknown kind): send it to the DLQ now."""
-
-    def __init__(self, code: Code, message: str):
-        super().__init__(message)
-        self.code = code
-
-
-class Transient(Exception):
-    """A temporary failure (a server down, a timeout): retry the event later."""
-
-    def __init__(self, code: Code, message: str):
-        super().__init__(message)
-        self.code = code
-
-
-class Outage(Transient):
-    """A shared dependency (the database, Redis) is unreachable: not a property of the event. The
-    batch is rewound and tried again until the dependency is back; no retry budget is spent."""
 
 
 class OutputFailure(Exception):
@@ -144,84 +88,6 @@ class OutputFailure(Exception):
     def __init__(self, code: Code, message: str):
         super().__init__(message)
         self.code = code
-
-
-class Context:
-    """What a handler may use besides the event: config, Redis, the clock, the stop signal."""
-
-    def __init__(self, config: Config, redis_client=None, clock: Callable[[], int] = now_ms,
-                 stop: threading.Event | None = None):
-        self.config = config
-        self.redis = redis_client
-        self.now_ms = clock
-        self.stop = stop or threading.Event()
-
-    def topic(self, name: str) -> str:
-        return self.config.topic(name)
-
-    def sleep(self, seconds: float) -> bool:
-        """Wait up to ``seconds``; False when a shutdown cut the wait short."""
-        return not self.stop.wait(max(0.0, seconds))
-
-
-def _error_text(exc: BaseException) -> str:
-    # Type and a bounded message: enough to diagnose, never an event body.
-    return f"{type(exc).__name__}: {exc}"[:300]
-
-
-def dead_letter(record_topic: str, partition: int | None, offset: int | None, key, raw: bytes | None,
-                headers: dict[str, str], code: Code, error: str, now: int, cfg: Config) -> Emit:
-    """The DLQ output for a record, keeping its bytes and its failure history in headers."""
-    meta = dict(headers)
-    meta.update({
-        bus.H_ORIGIN_TOPIC: headers.get(bus.H_ORIGIN_TOPIC) or record_topic,
-        bus.H_ORIGIN_PARTITION: "" if partition is None else partition,
-        bus.H_ORIGIN_OFFSET: "" if offset is None else offset,
-        bus.H_ERROR_CODE: int(code),
-        bus.H_ERROR: error,
-        bus.H_FIRST_FAILED_MS: headers.get(bus.H_FIRST_FAILED_MS) or now,
-    })
-    return Emit(cfg.topic("dlq"), raw if raw is not None else b"", key, meta, timestamp_ms=now)
-
-
-def route_failure(event: Event, code: Code, error: str, permanent: bool, policy: RetryPolicy,
-                  cfg: Config, now: int, redact_fields: tuple[str, ...] = ()) -> Emit | None:
-    """Where a failed event goes: the retry topic while retries remain, else the DLQ (or nowhere,
-    when the DLQ is disabled) with ``redact_fields`` blanked. Pure: all inputs are passed in."""
-    if not permanent:
-        due = policy.due_ms(event.attempt, now)
-        if due is not None:
-            headers = dict(event.headers)
-            headers.update({
-                bus.H_ORIGIN_TOPIC: event.topic,
-                bus.H_ATTEMPT: event.attempt + 1,
-                bus.H_DUE_MS: due,
-                bus.H_ERROR_CODE: int(code),
-                bus.H_ERROR: error,
-                bus.H_FIRST_FAILED_MS: event.headers.get(bus.H_FIRST_FAILED_MS) or now,
-            })
-            # Stamped with the failure's time, which the due time counts from: the record itself
-            # goes out only after the rest of its batch is processed.
-            return Emit(cfg.topic("retry"), event.raw or b"", event.key, headers, timestamp_ms=now)
-        code, error = Code.RETRY_EXHAUSTED, f"{int(code)} {error}"
-    if not cfg.kafka.enable_dlq:
-        return None
-    return dead_letter(event.topic, event.partition, event.offset, event.key,
-                       redact(event.raw, redact_fields), event.headers, code, error, now, cfg)
-
-
-def redact(raw: bytes | None, fields: tuple[str, ...]) -> bytes | None:
-    """Blank sensitive fields of a JSON event before it is kept in the DLQ."""
-    if not fields or raw is None:
-        return raw
-    try:
-        value = bus.decode(raw)
-    except ValueError:
-        return raw
-    for name in fields:
-        if name in value:
-            value[name] = "[redacted]"
-    return bus.encode(value)
 
 
 def _by_channel(publishes: list[Publish]) -> dict[str, list]:
@@ -251,6 +117,15 @@ def _record_event(record) -> Event:
                  record.value, bus.headers_to_dict(record.headers), record.timestamp)
 
 
+def _next_offsets(batch) -> dict:
+    """``{partition: next offset}`` of a polled batch."""
+    return {tp: records[-1].offset + 1 for tp, records in batch.items()}
+
+
+def _metadata(offsets: dict) -> dict:
+    return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
+
+
 class _GroupListener(ConsumerRebalanceListener):
     """Tells the probes whether the worker holds an assignment, and counts rebalances."""
 
@@ -269,29 +144,27 @@ class _GroupListener(ConsumerRebalanceListener):
 
 class Worker:
     """Runs one function as a member of its consumer group. ``state`` is what its probes read
-    (functions/probes.py); its metrics are functions/metrics.py's."""
+    (functions/probes.py); its metrics are functions/metrics.py's. ``clock`` (ms since the epoch)
+    and ``monotonic`` (s) are its two sources of time. TypeError at once when the function's
+    module declares its options wrongly (functions/api.py, :func:`spec_of`)."""
 
     def __init__(self, name: str, module: ModuleType, config: Config, consumer, producer,
                  redis_client, stop: threading.Event | None = None,
-                 state: probes.WorkerState | None = None):
+                 state: probes.WorkerState | None = None, clock: Callable[[], int] = now_ms,
+                 monotonic: Callable[[], float] = time.monotonic):
         self.name = name
         self.module = module
+        self.spec = spec_of(module)
         self.config = config
         self.consumer = consumer
         self.producer = producer
         self.redis = redis_client
         self.stop = stop or threading.Event()
-        self.ctx = Context(config, redis_client, stop=self.stop)
+        self.ctx = Context(config, redis_client, clock=clock, stop=self.stop)
+        self.monotonic = monotonic
         self.policy = RetryPolicy.from_config(config.kafka)
-        self.raw_events = getattr(module, "RAW", False)
-        self.route_failures = getattr(module, "ROUTE_FAILURES", True)
-        self.redact_fields = tuple(getattr(module, "REDACT", ()))
-        self.max_records = getattr(module, "MAX_RECORDS", 200)
         self._blocked = 0  # consecutive batches that could not be committed
-        self._done: dict = {}  # the next offset of every partition, after its last finished batch
-        self._uncommitted: dict = {}  # the part of _done not handed to commit_async yet
-        self._commit_interval = config.kafka.commit_interval_ms / 1000
-        self._next_commit = 0.0  # monotonic time from which the next commit may go out
+        self.commits = CommitSchedule(config.kafka.commit_interval_ms / 1000)
         self._unacked = None   # (batch, Kafka futures) of the batch waiting for the broker's answer
         self.state = state or probes.WorkerState()
         self.metrics = metrics.FunctionMetrics(name)
@@ -310,8 +183,8 @@ class Worker:
         while not self.stop.is_set():
             self.run_once()
             self.state.beat()
-            if time.monotonic() >= self._next_lag:
-                self._next_lag = time.monotonic() + LAG_INTERVAL_S
+            if self.monotonic() >= self._next_lag:
+                self._next_lag = self.monotonic() + LAG_INTERVAL_S
                 self.metrics.set_lags(metrics.partition_lags(self.consumer))
             if self.consumer.assignment() != assigned:
                 assigned = set(self.consumer.assignment())
@@ -327,7 +200,7 @@ class Worker:
         never waits for the broker's answer about the one before it.
         """
         try:
-            batch = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.max_records)
+            batch = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.spec.max_records)
         except KafkaError as exc:
             # kafka-python can raise out of poll while the broker is away (a failed coordinator
             # lookup, seen in the broker-restart test); the worker waits and polls again.
@@ -362,43 +235,33 @@ class Worker:
 
     def _commit(self, batch) -> None:
         """Mark a batch finished; its offsets are committed with the next commit that goes out."""
-        offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)
-                   for tp, records in batch.items()}
-        self._done.update(offsets)
-        self._uncommitted.update(offsets)
+        self.commits.finished(_next_offsets(batch))
         self._blocked = 0
         self.metrics.processed.inc(sum(len(records) for records in batch.values()))
         self._maybe_commit()
 
     def _maybe_commit(self) -> None:
-        # One commit request per interval rather than one per batch: each costs the worker and the
-        # broker a request, and at a few records per poll that was a tenth of their CPU.
         # Asynchronous: the next batch does not wait for the broker's answer. A commit that fails
         # (a rebalance, a broker outage) is covered by a later one, or the partition's next owner
         # re-runs the batch (handlers are idempotent); close() commits the last offsets and waits.
-        if not self._uncommitted or time.monotonic() < self._next_commit:
-            return
-        owned = self.consumer.assignment()
-        offsets = {tp: meta for tp, meta in self._uncommitted.items() if tp in owned}
-        self._uncommitted = {}
-        self._next_commit = time.monotonic() + self._commit_interval
+        offsets = self.commits.due(self.monotonic(), self.consumer.assignment())
         if not offsets:
             return
         try:
-            self.consumer.commit_async(offsets, callback=self._on_commit)
+            self.consumer.commit_async(_metadata(offsets), callback=self._on_commit)
         except KafkaError as exc:
-            self._on_commit(offsets, exc)
+            self._commit_failed(offsets, exc)
 
     def _on_commit(self, offsets, response) -> None:
+        """commit_async's callback: ``offsets`` as sent, ``response`` an exception when it failed."""
         if isinstance(response, BaseException):
-            self.metrics.commit_failures.inc()
-            logger.warning("function %s commit failed code=%d: %s", self.name,
-                           Code.CONSUMER_GROUP_ERROR, _error_text(response))
-            # Again with the next commit (unless a later batch moved on): an idle worker would
-            # otherwise leave its last offsets uncommitted for good, and its group's lag (what
-            # an autoscaler reads) would never come back to 0.
-            for tp, meta in offsets.items():
-                self._uncommitted.setdefault(tp, meta)
+            self._commit_failed({tp: meta.offset for tp, meta in offsets.items()}, response)
+
+    def _commit_failed(self, offsets: dict, exc: BaseException) -> None:
+        self.metrics.commit_failures.inc()
+        logger.warning("function %s commit failed code=%d: %s", self.name,
+                       Code.CONSUMER_GROUP_ERROR, _error_text(exc))
+        self.commits.failed(offsets)
 
     # -- records ----------------------------------------------------------------------------
     def process_all(self, records: list) -> list[Output]:
@@ -446,7 +309,7 @@ class Worker:
         return self._decoded(_record_event(record))
 
     def _decoded(self, event: Event) -> Event:
-        if self.raw_events:
+        if self.spec.raw:
             return event
         try:
             return replace(event, value=bus.decode(event.raw))
@@ -463,27 +326,20 @@ class Worker:
                 return list(self.module.handle(event, self.ctx) or ())
             finally:
                 self.metrics.handle_seconds.observe(time.perf_counter() - started)
-        except Invalid as exc:
-            code, error, permanent = exc.code, str(exc), True
-        except Transient as exc:
-            code, error, permanent = exc.code, _error_text(exc), False
-        except (pw.OperationalError, pw.InterfaceError) as exc:
-            self._raise_if_outage(exc)
-            code, error, permanent = Code.DATABASE_ERROR, _error_text(exc), False
-        except redis.ConnectionError as exc:
-            self._raise_if_outage(exc)
-            code, error, permanent = Code.CACHE_ERROR, _error_text(exc), False
-        except Exception as exc:  # a bug or an unclassified server error: retry it, loudly
-            logger.exception("function %s failed on %s/%d@%d", self.name, record.topic,
-                             record.partition, record.offset)
-            code, error, permanent = Code.MESSAGE_PROCESSING_ERROR, _error_text(exc), False
+        except Exception as exc:
+            if isinstance(exc, DEPENDENCY_ERRORS):
+                self._raise_if_outage(exc)
+            elif not isinstance(exc, (Invalid, Transient)):  # a bug or an unclassified server error
+                logger.exception("function %s failed on %s/%d@%d", self.name, record.topic,
+                                 record.partition, record.offset)
+            code, error, permanent = policy.classify(exc)
         self.metrics.failed(code)
-        if not permanent and not self.route_failures:
+        if not permanent and not self.spec.route_failures:
             raise Transient(code, error)
         logger.warning("function %s event %s/%d@%d attempt=%d code=%d: %s", self.name,
                        record.topic, record.partition, record.offset, event.attempt, code, error)
-        routed = route_failure(event, code, error, permanent, self.policy, self.config, now_ms(),
-                               self.redact_fields)
+        routed = policy.route_failure(event, code, error, permanent, self.policy, self.config,
+                                      self.ctx.now_ms(), self.spec.redact)
         if routed is None:
             logger.error("function %s dropped %s/%d@%d code=%d (DLQ disabled)", self.name,
                          record.topic, record.partition, record.offset, Code.RETRY_EXHAUSTED)
@@ -586,16 +442,15 @@ class Worker:
             if self._unacked is not None:
                 batch, futures = self._unacked
                 self._await(futures)
-                self._done.update({tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)
-                                   for tp, records in batch.items()})
+                self.commits.finished(_next_offsets(batch))
                 self.metrics.processed.inc(sum(len(records) for records in batch.values()))
-            owned = {tp: meta for tp, meta in self._done.items() if tp in self.consumer.assignment()}
+            owned = self.commits.final(self.consumer.assignment())
             if owned:
                 # Bounded: a commit without a timeout waits forever for a coordinator that a broker
                 # restart took away (seen in the broker-restart test).
-                self.consumer.commit(owned, timeout_ms=COMMIT_TIMEOUT_MS)
+                self.consumer.commit(_metadata(owned), timeout_ms=COMMIT_TIMEOUT_MS)
         except (KafkaError, OutputFailure) as exc:
-            self._on_commit(self._done, exc)
+            self._commit_failed(self.commits.done, exc)
         finally:
             self.consumer.close(autocommit=False)
             self.producer.close(timeout=10)

@@ -19,9 +19,9 @@ its sender gets an error with that code (50006) and the msg_id (``on_dead_letter
 """
 from common import chat
 from common.errors import AppError, Code
-from functions.runtime import Emit, Invalid, Publish
+from functions.api import Emit, Invalid, Publish, Spec
 
-MAX_RECORDS = 500
+SPEC = Spec(max_records=500)
 
 
 def reply(event_value: dict, body: dict) -> Publish:

@@ -10,7 +10,7 @@ Runs against the servers of the configuration (``common.config.load()``, so the 
         → stage "deliver" (own process) → Redis PUBLISH on <ns>:gw:<id> → driver subscriber
 
 Each stage is the function runtime itself (``functions.runtime.Worker``, with the functions' settings:
-poll up to ``MAX_RECORDS`` → produce or PUBLISH → acknowledgement pipelined with the next poll →
+poll up to ``SPEC.max_records`` → produce or PUBLISH → acknowledgement pipelined with the next poll →
 offsets committed every ``kafka.commit_interval_ms``) around a pass-through handler: no validation,
 no database, no presence lookup. The driver produces small JSON records at ``rate`` per second for
 ``duration`` seconds, keyed over 20 pair keys like conversations, each stamped with its send time;
@@ -31,13 +31,15 @@ import threading
 import time
 import types
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 from kafka import KafkaAdminClient
 
 from common import bus, config as config_mod
 from functions import deliver, send
-from functions.runtime import Emit, Publish, Worker, set_switch_interval
+from functions.api import Emit, Publish
+from functions.runtime import Worker, set_switch_interval
 from tests.load.stats import percentiles
 
 STAGES = ("send", "deliver")           # each consumes the topic of its name, as the functions do
@@ -62,10 +64,9 @@ def relay(name: str, cfg: config_mod.Config, channel: str) -> types.SimpleNamesp
     topic, "deliver" publishes each record (decoded, as the real one does) to the channel."""
     if name == "send":
         deliver_topic = cfg.topic("deliver")
-        return types.SimpleNamespace(RAW=True, MAX_RECORDS=send.MAX_RECORDS,
+        return types.SimpleNamespace(SPEC=replace(send.SPEC, raw=True),
                                      handle=lambda event, ctx: [Emit(deliver_topic, event.raw, event.key)])
-    return types.SimpleNamespace(MAX_RECORDS=deliver.MAX_RECORDS,
-                                 handle=lambda event, ctx: [Publish(channel, event.value)])
+    return types.SimpleNamespace(SPEC=deliver.SPEC, handle=lambda event, ctx: [Publish(channel, event.value)])
 
 
 def stage_main(name: str, namespace: str, channel: str, ready, stop, done) -> None:

@@ -7,7 +7,8 @@ import logging
 import pytest
 
 from common import bus, logs
-from functions.runtime import Emit, Publish, with_cid
+from functions.api import Emit, Publish
+from functions.runtime import with_cid
 
 
 def _logger(formatter: logging.Formatter) -> tuple[logging.Logger, io.StringIO]:

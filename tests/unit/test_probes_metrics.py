@@ -20,7 +20,7 @@ from common.models import init_db, migrate
 from functions import metrics as fn_metrics
 from functions.__main__ import probe_port
 from functions.probes import Probes, WorkerState, start_server
-from functions.runtime import Invalid, Transient
+from functions.api import Invalid, Transient
 from gateway import metrics as gw_metrics
 from tests.unit.test_runtime import TP, TP1, FakeProducer, Record, _worker
 
@@ -166,13 +166,15 @@ def test_exhausted_retries_are_dead_lettered_as_50006():
 def test_a_rewound_batch_and_a_failed_commit_are_counted_and_the_batch_counts_once_finished():
     before = fn_metrics.exposition()
     producer = FakeProducer(fail_topics={"t.out"})
-    from functions.runtime import Emit
+    from functions.api import Emit
     worker = _worker(lambda event, ctx: [Emit("t.out", {"x": 1})], [{TP: [_rec(0)]}, {}], producer=producer)
     worker.run_once()
     worker.run_once()  # the broker refused the output: rewound, not finished
     assert _delta(before, "pingme_batch_rewinds_total", function="send", code=str(int(Code.PRODUCER_ERROR))) == 1
     assert _delta(before, "pingme_events_processed_total", function="send") == 0
-    worker._on_commit({TP: None}, RuntimeError("coordinator moved"))
+    committing = _worker(lambda event, ctx: [], [{TP: [_rec(0)]}])
+    committing.consumer.commit_errors = [RuntimeError("coordinator moved")]
+    committing.run_once()
     assert _delta(before, "pingme_commit_failures_total", function="send") == 1
 
 

@@ -1,8 +1,9 @@
-"""The runtime's decisions, driven with in-memory stand-ins for the Kafka clients.
+"""The runtime's decisions, driven with in-memory stand-ins for the Kafka clients and a fake
+clock; the pure parts (failure routing, the commit schedule, the declared spec) without either.
 
 The same paths run against a real broker in tests/integration/test_runtime_kafka.py."""
+import importlib
 import threading
-import time
 import types
 from collections import namedtuple
 
@@ -13,8 +14,11 @@ from kafka.structs import TopicPartition
 from common import bus
 from common.config import load
 from common.errors import Code
-from functions.policy import RetryPolicy
-from functions.runtime import Emit, Event, Invalid, Publish, Transient, Worker, redact, route_failure
+from functions import FUNCTIONS
+from functions.api import Emit, Event, Invalid, Publish, Spec, Transient, spec_of
+from functions.commits import CommitSchedule
+from functions.policy import RetryPolicy, redact, route_failure
+from functions.runtime import Worker
 
 Record = namedtuple("Record", "topic partition offset key value headers timestamp")
 CFG = load({"APP_CONF": "/dev/null", "PINGME_NAMESPACE": "t"})
@@ -128,12 +132,26 @@ class FakeRedis:
         pass
 
 
-def _worker(handle, batches, producer=None, config=CFG, **attrs):
+class FakeTime:
+    """The worker's two clocks, moved by the test: wall milliseconds and monotonic seconds."""
+
+    def __init__(self, ms=1_700_000_000_000, s=1000.0):
+        self.ms, self.s = ms, s
+
+    def now_ms(self):
+        return self.ms
+
+    def monotonic(self):
+        return self.s
+
+
+def _worker(handle, batches, producer=None, config=CFG, time=None, **attrs):
     module = types.SimpleNamespace(handle=handle, **attrs)
     stop = threading.Event()
     stop.set()  # makes the rewind wait return at once
-    worker = Worker("send", module, config, FakeConsumer(batches), producer or FakeProducer(), FakeRedis(), stop)
-    return worker
+    time = time or FakeTime()
+    return Worker("send", module, config, FakeConsumer(batches), producer or FakeProducer(), FakeRedis(),
+                  stop, clock=time.now_ms, monotonic=time.monotonic)
 
 
 TP = TopicPartition("t.send", 0)
@@ -167,19 +185,21 @@ def test_poison_record_goes_to_dlq_and_the_good_ones_behind_it_are_processed():
 
 
 def test_a_retry_record_is_stamped_with_its_failure_time_which_its_due_time_counts_from():
+    time = FakeTime()
+    failed_at = time.ms
+
     def handle(event, ctx):
         if event.value["n"] == 0:
             raise Transient(Code.DATABASE_ERROR, "db down")
-        time.sleep(0.05)  # the rest of the batch takes a while before its outputs go out
+        time.ms += 50  # the rest of the batch takes a while before its outputs go out
         return [Emit("t.deliver", {"n": event.value["n"]})]
 
-    worker = _worker(handle, [{TP: [_rec(0, b'{"n":0}'), _rec(1, b'{"n":1}')]}])
-    before = int(time.time() * 1000)
+    worker = _worker(handle, [{TP: [_rec(0, b'{"n":0}'), _rec(1, b'{"n":1}')]}], time=time)
     worker.run_once()
     retry = worker.producer.sent[0][3]
-    stamped = worker.producer.timestamps[0]
-    assert worker.producer.sent[0][0] == "t.retry" and before <= stamped < before + 50
-    assert int(retry[bus.H_DUE_MS]) - stamped == worker.policy.delay_ms(1)
+    assert worker.producer.sent[0][0] == "t.retry" and worker.producer.timestamps[0] == failed_at
+    assert int(retry[bus.H_DUE_MS]) == failed_at + worker.policy.delay_ms(1)
+    assert int(retry[bus.H_FIRST_FAILED_MS]) == failed_at
     assert worker.producer.timestamps[1] is None  # ordinary outputs: the producer's clock
 
 
@@ -213,7 +233,7 @@ def test_non_routing_function_blocks_instead_of_retrying():
     def handle(event, ctx):
         raise Transient(Code.DATABASE_ERROR, "db down")
 
-    worker = _worker(handle, [{TP: [_rec(0, b'{"a":1}')]}], ROUTE_FAILURES=False)
+    worker = _worker(handle, [{TP: [_rec(0, b'{"a":1}')]}], SPEC=Spec(route_failures=False))
     assert worker.run_once() == 0
     assert worker.producer.sent == [] and worker.consumer.committed == []
     assert worker.consumer.seeks == [(TP, 0)]
@@ -281,22 +301,77 @@ def test_a_poll_that_raises_is_retried_not_fatal():
 
 def test_offsets_are_committed_at_most_once_per_interval_and_an_idle_worker_commits_the_rest():
     config = load({"APP_CONF": "/dev/null", "PINGME_NAMESPACE": "t", "COMMIT_INTERVAL_MS": "60000"})
+    time = FakeTime()
     worker = _worker(lambda e, c: [], [{TP: [_rec(0, b'{"a":1}')]}, {TP: [_rec(1, b'{"a":2}')]},
-                                       {TP1: [_rec(0, b'{"a":3}')]}], config=config)
+                                       {TP1: [_rec(0, b'{"a":3}')]}], config=config, time=time)
     assert worker.run_once() == 1 and worker.consumer.committed == [{TP: 1}]  # the first goes out
+    time.s += 59.9
     assert worker.run_once() == 1 and worker.run_once() == 1
     assert worker.consumer.committed == [{TP: 1}]       # the others wait for the interval
-    worker._next_commit = 0.0                            # ... to pass
+    time.s += 0.1                                        # ... to pass
     assert worker.run_once() == 0                        # an empty poll commits what is finished
     assert worker.consumer.committed == [{TP: 1}, {TP: 2, TP1: 1}]
 
 
 def test_a_failed_commit_is_sent_again_by_an_idle_worker_for_the_partitions_it_still_owns():
-    worker = _worker(lambda e, c: [], [{TP: [_rec(0, b'{"a":1}')], TP1: [_rec(4, b'{"a":2}')]}])
+    time = FakeTime()
+    interval = CFG.kafka.commit_interval_ms / 1000
+    worker = _worker(lambda e, c: [], [{TP: [_rec(0, b'{"a":1}')], TP1: [_rec(4, b'{"a":2}')]}], time=time)
     worker.consumer.commit_errors = [RuntimeError("rebalance in progress")]
     assert worker.run_once() == 2 and worker.consumer.committed == [{TP: 1, TP1: 5}]  # failed
     worker.consumer.owned = {TP}   # TP1 went to another worker meanwhile: its offset is theirs now
-    worker._next_commit = 0.0
+    time.s += interval
     assert worker.run_once() == 0 and worker.consumer.committed[-1] == {TP: 1}
-    worker._next_commit = 0.0
+    time.s += interval
     assert worker.run_once() == 0 and len(worker.consumer.committed) == 2  # done: nothing again
+
+
+# -- the commit schedule, pure -------------------------------------------------------------------
+
+def test_commit_schedule_sends_what_is_done_at_most_once_per_interval():
+    schedule = CommitSchedule(interval_s=5)
+    assert schedule.due(now=0, owned={TP}) == {}                  # nothing done yet
+    schedule.finished({TP: 3})
+    assert schedule.due(now=0, owned={TP}) == {TP: 3}
+    schedule.finished({TP: 7})
+    assert schedule.due(now=4.9, owned={TP}) == {}                # not before the interval
+    assert schedule.due(now=5, owned={TP}) == {TP: 7}
+    assert schedule.due(now=50, owned={TP}) == {}                 # sent: not again
+
+
+def test_commit_schedule_resends_a_failed_commit_unless_a_later_batch_moved_on():
+    schedule = CommitSchedule(interval_s=1)
+    schedule.finished({TP: 3, TP1: 9})
+    sent = schedule.due(now=0, owned={TP, TP1})
+    schedule.finished({TP: 5})                                    # TP moved on meanwhile
+    schedule.failed(sent)
+    assert schedule.due(now=1, owned={TP, TP1}) == {TP: 5, TP1: 9}
+    schedule.failed({TP1: 9})
+    assert schedule.due(now=2, owned={TP}) == {}                  # TP1 is another worker's now
+    assert schedule.final(owned={TP, TP1}) == {TP: 5, TP1: 9} and schedule.final(owned={TP}) == {TP: 5}
+
+
+# -- the declared spec ---------------------------------------------------------------------------
+
+def test_every_function_declares_a_valid_spec():
+    for name in FUNCTIONS:
+        spec = spec_of(importlib.import_module(f"functions.{name}"))
+        assert isinstance(spec, Spec), name
+    assert spec_of(importlib.import_module("functions.retry")) == Spec(raw=True, route_failures=False)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Spec(max_record=1),           # misspelt option
+    lambda: Spec(redact="body"),          # a string, not a tuple of names
+    lambda: Spec(max_records=0),
+    lambda: Spec(raw="yes"),
+])
+def test_a_misspelt_or_bad_option_fails_when_declared(make):
+    with pytest.raises(TypeError):
+        make()
+
+
+@pytest.mark.parametrize("attrs", [{"MAX_RECORDS": 1}, {"SPECS": Spec()}, {"SPEC": {"raw": True}}])
+def test_a_worker_refuses_options_that_would_do_nothing(attrs):
+    with pytest.raises(TypeError):
+        _worker(lambda e, c: [], [], **attrs)

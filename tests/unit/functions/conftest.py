@@ -14,7 +14,7 @@ import pytest
 from common import bus, chat
 from common.config import load
 from common.models import MODELS, User, db, username_key
-from functions.runtime import Context, Event
+from functions.api import Context, Event
 
 NOW = 1_700_000_000_000  # the context's clock: every handler sees this time
 _offsets = itertools.count()

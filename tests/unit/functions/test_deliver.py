@@ -8,7 +8,7 @@ from common import chat, presence
 from common.errors import Code
 from common.models import ConversationMember
 from functions import deliver
-from functions.runtime import Invalid, Publish
+from functions.api import Invalid, Publish
 from tests.unit.functions.conftest import NOW, make_event, make_user
 
 

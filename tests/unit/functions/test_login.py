@@ -4,7 +4,7 @@ import pytest
 from common import accounts, auth
 from common.errors import Code
 from functions import login
-from functions.runtime import Invalid
+from functions.api import Invalid
 from tests.unit.functions.conftest import NOW, make_event
 
 

@@ -4,7 +4,7 @@ import pytest
 from common.errors import Code
 from common.models import User
 from functions import register
-from functions.runtime import Invalid, Publish
+from functions.api import Invalid, Publish
 from tests.unit.functions.conftest import NOW, make_event
 
 

@@ -7,7 +7,7 @@ import pytest
 from common import bus
 from common.errors import Code
 from functions import retry
-from functions.runtime import Context, Emit, Invalid, Transient
+from functions.api import Context, Emit, Invalid, Transient
 from tests.unit.functions.conftest import NOW, make_event
 
 RAW = b'{"msg_id":"m-1"}'

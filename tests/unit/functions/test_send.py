@@ -2,7 +2,7 @@
 from common.errors import Code
 from common.models import Conversation, Message
 from functions import send
-from functions.runtime import Emit, Invalid, Publish
+from functions.api import Emit, Invalid, Publish
 from tests.unit.functions.conftest import make_event, make_user
 
 import pytest
