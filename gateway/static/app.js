@@ -111,7 +111,11 @@ async function onOpen() {
     if (conv.loaded) requestSync(conv);
   }
   for (const p of state.pending.values()) sendPending(p);
-  if (state.current) markRead(state.current);
+  const conv = state.current;  // a read ack sent just before the drop may be lost: again (idempotent)
+  if (conv && conv.id && conv.lastSeq) {
+    state.link.send("ack", { conversation_id: conv.id, seq: conv.lastSeq, ack_type: "read" });
+    conv.readSeq = conv.lastSeq;
+  }
 }
 
 async function refreshConversations() {
@@ -422,6 +426,10 @@ async function onAddMember(event) {
 }
 
 function showError(err) {
+  if (err instanceof ApiError && (err.code === 30004 || err.code === 30005)) {
+    logout(`Please log in again (${err.message}).`);  // the token expired or is no longer valid
+    return;
+  }
   $("sidebar-error").textContent = err && err.message ? err.message : String(err);
 }
 

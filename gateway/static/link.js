@@ -47,7 +47,7 @@ export class Link {
 
   /** Send a frame; false when the socket is not open and authenticated (the caller keeps it). */
   send(type, payload) {
-    if (!this.ready) return false;
+    if (!this.ready || this.ws.readyState !== WebSocket.OPEN) return false;
     this.ws.send(JSON.stringify({ type, payload }));
     return true;
   }
