@@ -4,4 +4,6 @@
 functions/runtime.py); ``python -m functions all`` runs every one, each in its own process.
 """
 
-FUNCTIONS = ("register", "login", "send", "deliver", "retry", "dlq")
+from common.bus import FUNCTIONS  # the one list: topics and consumer groups derive from it
+
+__all__ = ["FUNCTIONS"]

@@ -22,6 +22,7 @@ import pytest
 from kafka import KafkaAdminClient
 
 from common import config as config_mod
+from functions import FUNCTIONS
 
 from tests.integration.conftest import REPO, Api, free_port, group_assignment, wait_for
 from tests.integration.test_faults import _load
@@ -31,7 +32,6 @@ pytestmark = [pytest.mark.container, pytest.mark.slow]
 
 IMAGE_SH = REPO / "deploy" / "local" / "image.sh"
 IMAGE = "localhost/pingme:test"
-FUNCTIONS = ("register", "login", "send", "deliver", "retry", "dlq")
 GRACE_S = 20  # what a deployment gives a container between SIGTERM and SIGKILL (k8s default: 30)
 # Passed into the containers from the test session's environment; nothing else of the host is.
 FORWARDED = ("KAFKA_BROKERS", "REDIS_HOST", "REDIS_PORT", "DB_ENGINE", "DB_HOST", "DB_PORT", "DB_USERNAME",
