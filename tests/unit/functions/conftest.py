@@ -35,6 +35,18 @@ def database():
 
 
 @pytest.fixture
+def file_database(tmp_path):
+    """The same, in a file: for a test in which the runtime reconnects (memory would start empty)."""
+    database = pw.SqliteDatabase(str(tmp_path / "functions.db"))
+    db.initialize(database)
+    db.create_tables(MODELS)
+    chat._private_cache.clear()
+    yield database
+    db.close()
+    db.initialize(None)
+
+
+@pytest.fixture
 def cfg():
     return load({"APP_CONF": "/dev/null", "PINGME_NAMESPACE": "t", "PASSWORD_ITERATIONS": "1000"})
 

@@ -1,11 +1,17 @@
 """send by name: a send event in, the stored message and its ack and deliver event out."""
+import logging
+import threading
+
+import pytest
+
+from common import bus
 from common.errors import Code
 from common.models import Conversation, Message
 from functions import send
 from functions.api import Emit, Invalid, Publish
+from functions.runtime import Worker
 from tests.unit.functions.conftest import make_event, make_user
-
-import pytest
+from tests.unit.test_runtime import TP, FakeConsumer, FakeProducer, FakeRedis, FakeTime, Record
 
 
 def make_send_event(**overrides):
@@ -79,3 +85,31 @@ def test_a_send_given_up_on_tells_its_sender(ctx, users):
     assert outputs == [Publish("t:gw:g1", {"type": "error", "ok": False, "conn_id": "c1", "error": {
         "code": 50006, "message": Code.RETRY_EXHAUSTED.message, "ref": "m-1"}})]
     assert Message.select().count() == 0
+
+
+
+def test_a_send_whose_retries_are_exhausted_is_dead_lettered_and_its_sender_told(file_database, cfg, caplog):
+    """Through the runtime: on the last allowed attempt the store fails while the database answers
+    (the runtime reconnects to check, hence a database file here, not memory): one warning line,
+    the event in the DLQ with 50006, an error reply to its sender."""
+    alice, bob = make_user("alice"), make_user("bob")
+    file_database.execute_sql('DROP TABLE "message"')  # every store fails from now on
+    attempt = cfg.kafka.retry_max_attempts
+    value = make_send_event(sender_id=alice, to_user_id=bob).raw
+    record = Record("t.send", 0, 7, b"p1:2", value, [(bus.H_ATTEMPT, str(attempt).encode())], 0)
+    stop = threading.Event()
+    stop.set()
+    time = FakeTime()
+    worker = Worker("send", send, cfg, FakeConsumer([{TP: [record]}]), FakeProducer(), FakeRedis(), stop,
+                    clock=time.now_ms, monotonic=time.monotonic)
+    with caplog.at_level(logging.WARNING, logger="functions.runtime"):
+        assert worker.run_once() == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"function send event t.send/0@7 attempt={attempt} code=20001: OperationalError: no such table: message"]
+    [(topic, dead, key, headers)] = worker.producer.sent
+    assert (topic, dead, key, headers[bus.H_ERROR_CODE]) == ("t.dlq", value, b"p1:2", b"50006")
+    assert headers[bus.H_ERROR] == b"20001 OperationalError: no such table: message"
+    [(channel, published)] = worker.redis.published
+    assert channel == "t:gw:g1" and bus.decode(published) == {
+        "type": "error", "ok": False, "conn_id": "c1",
+        "error": {"code": 50006, "message": Code.RETRY_EXHAUSTED.message, "ref": "m-1"}}
