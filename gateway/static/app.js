@@ -227,7 +227,7 @@ function onSync(result) {
 function onReceipt(receipt) {
   const conv = state.convs.get(receipt.conversation_id);
   if (!conv) return;
-  conv.readBy.set(receipt.user_id, Math.max(conv.readBy.get(receipt.user_id) || 0, receipt.seq));
+  conv.noteRead(receipt.user_id, receipt.seq);
   if (conv === state.current) renderMessages();
 }
 
@@ -535,7 +535,7 @@ function renderTyping() {
 function receiptText(conv, message) {
   if (message.failed) return `not sent: ${message.failed}`;
   if (message.pending) return "sending…";
-  const readers = [...conv.readBy.values()].filter((seq) => seq >= message.seq).length;
+  const readers = [...conv.readBy].filter(([user, seq]) => user !== state.me.id && seq >= message.seq).length;
   if (conv.type === "private") return readers ? "✓✓ read" : "✓ sent";
   return readers ? `✓ read by ${readers}` : "✓ sent";
 }

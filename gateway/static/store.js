@@ -14,7 +14,7 @@ export class Conversation {
     this.messages = new Map(); // msg_id -> message ({seq: null, pending: true} until acked)
     this.loaded = false;       // its latest page of history was read (then it is kept in sync)
     this.hasMore = true;       // older history exists
-    this.readBy = new Map();   // user_id -> the seq their read receipt reached
+    this.readBy = new Map();   // user_id -> the seq they have read up to, as far as we know
     this.update(info);
   }
 
@@ -38,8 +38,17 @@ export class Conversation {
     const known = this.messages.get(message.msg_id);
     if (known && known.seq != null) return false;
     this.messages.set(message.msg_id, { ...known, ...message, pending: message.seq == null });
-    if (message.seq != null) this.noteLast(message);
+    if (message.seq != null) {
+      this.noteLast(message);
+      this.noteRead(message.from_user_id, message.seq);  // sending moves the sender's read cursor
+    }
     return true;
+  }
+
+  /** A member's read position: from their receipts, and from their own messages (the server moves
+   * a sender's read cursor to their message's seq without sending a receipt). */
+  noteRead(userId, seq) {
+    if (userId != null && seq > (this.readBy.get(userId) || 0)) this.readBy.set(userId, seq);
   }
 
   get unread() {

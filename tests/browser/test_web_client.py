@@ -168,6 +168,11 @@ def test_gateway_restart_under_two_open_pages_loses_and_duplicates_nothing(peopl
     for person in (alice, bob):
         person.expect_messages(in_seq_order)
         person.expect_stored()
+    # Bob's window shows the conversation, so he has read all of it, and Alice is told.
+    expect(alice.page.locator("#messages li.msg.mine .msg-meta")).to_contain_text(["read"] * 3)
+    # Bob's window shows the conversation, so he has read all of it, and Alice's window says so
+    # (from his receipts, or from his own later message: sending moves the sender's read cursor).
+    expect(alice.page.locator("#messages li.msg.mine .msg-meta")).to_contain_text(["read"] * 3)
     alice.screenshot("after-restart-alice")
 
 
