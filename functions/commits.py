@@ -22,10 +22,15 @@ class CommitSchedule:
         self.done.update(offsets)
         self._pending.update(offsets)
 
+    def ready(self, now: float) -> bool:
+        """Whether a commit may go out at ``now``: something is pending and the interval passed
+        (a cheap test before asking the consumer for its assignment)."""
+        return bool(self._pending) and now >= self._next_at
+
     def due(self, now: float, owned) -> dict:
         """The offsets to commit now, of the partitions in ``owned``; ``{}`` when there is nothing
         new or the interval has not passed. What it returns counts as sent."""
-        if not self._pending or now < self._next_at:
+        if not self.ready(now):
             return {}
         offsets = {tp: offset for tp, offset in self._pending.items() if tp in owned}
         self._pending = {}

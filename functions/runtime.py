@@ -31,8 +31,9 @@ Contract:
   event of a poll, it returns one list of outputs per event, or ``None`` for an event it leaves to
   ``handle`` (only events whose handling does not depend on their order among the others, such as
   invalid ones). If it raises, the whole poll is processed one event at a time through ``handle``,
-  so a batch is only ever an optimisation of the per-event contract. Publishes of a batch to one
-  channel travel as one Redis message (``common.bus.batch``).
+  so a batch is only ever an optimisation of the per-event contract; the fallback is logged with
+  its traceback and counted (``pingme_batch_fallbacks_total``): it is a bug, and a slow path.
+  Publishes of a batch to one channel travel as one Redis message (``common.bus.batch``).
 * **Correlation.** An event's correlation id (header ``pingme-cid``, common/logs.py) is the logging
   context while the event is handled and is copied onto each of its Kafka outputs (retry and DLQ
   records keep all of its headers anyway), so one grep follows a message gateway → send → deliver.
@@ -244,7 +245,10 @@ class Worker:
         # Asynchronous: the next batch does not wait for the broker's answer. A commit that fails
         # (a rebalance, a broker outage) is covered by a later one, or the partition's next owner
         # re-runs the batch (handlers are idempotent); close() commits the last offsets and waits.
-        offsets = self.commits.due(self.monotonic(), self.consumer.assignment())
+        now = self.monotonic()
+        if not self.commits.ready(now):
+            return
+        offsets = self.commits.due(now, self.consumer.assignment())
         if not offsets:
             return
         try:

@@ -334,6 +334,7 @@ def test_commit_schedule_sends_what_is_done_at_most_once_per_interval():
     schedule.finished({TP: 3})
     assert schedule.due(now=0, owned={TP}) == {TP: 3}
     schedule.finished({TP: 7})
+    assert not schedule.ready(now=4.9) and schedule.ready(now=5)
     assert schedule.due(now=4.9, owned={TP}) == {}                # not before the interval
     assert schedule.due(now=5, owned={TP}) == {TP: 7}
     assert schedule.due(now=50, owned={TP}) == {}                 # sent: not again
