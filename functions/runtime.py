@@ -41,7 +41,6 @@ Contract:
   wait for that), exit 0.
 * A worker keeps one database connection (Peewee opens it on first use); a database error hands it
   back to the pool, which pings it before the next event uses it, so a restarted database heals.
-
 * **Time is injected**: the worker's wall clock (``clock``, milliseconds: what handlers see as
   ``ctx.now_ms()`` and what retry/DLQ records are stamped with) and its monotonic clock
   (``monotonic``, seconds: the commit schedule, lag updates) are constructor arguments.

@@ -65,13 +65,13 @@ def test_liveness_turns_503_when_the_loop_stops_coming_round():
 def test_readiness_needs_an_assignment_reachable_dependencies_and_no_drain():
     def redis_down():
         raise ConnectionError("refused")
-    probes, state, _ = _probes({"db": lambda: None, "redis": redis_down})
+    probes, state, clock = _probes({"db": lambda: None, "redis": redis_down})
     status, body = probes.readiness()
     assert status == 503 and body["not_ready"] == ["group", "redis"]
     assert body["checks"]["redis"]["error"] == "ConnectionError" and body["checks"]["db"]["ok"]
     state.assigned = True
     probes.checks["redis"] = lambda: None
-    probes._cached = None
+    clock.now += probes.cache_s  # the cached checks expire: Redis is asked again
     assert probes.readiness() == (200, {**probes.readiness()[1], "not_ready": []})
     probes.stop.set()
     assert probes.readiness()[1]["not_ready"] == ["running"]
