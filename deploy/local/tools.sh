@@ -55,7 +55,7 @@ ensure_kustomize() {
 }
 path_kustomize() { echo "$CACHE/kustomize-$KUSTOMIZE_VERSION/bin/kustomize"; }
 
-# chromium: Debian's browser, driven by Playwright for Python in tests/browser (the web client).
+# chromium: Debian's browser, driven by Playwright for Python in tests/integration/browser (the web client).
 # Never `playwright install` (it downloads its own browser, which fails here).
 ensure_chromium() { [[ -x /usr/bin/chromium ]] || apt_install chromium; }
 path_chromium() { echo /usr/bin/chromium; }

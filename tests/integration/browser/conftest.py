@@ -1,6 +1,7 @@
 """Browser fixtures: Debian's Chromium (deploy/local/tools.sh installs it) driven by Playwright for
-Python, against the real system of the integration tests (functions as processes, the gateway
-under gunicorn, private namespace). Playwright's own browser download is never used.
+Python, against the real system of the integration tests (their fixtures, tests/integration/
+conftest.py: functions as processes, the gateway under gunicorn, the session's namespace and
+database). Playwright's own browser download is never used.
 
 Every page records the dialogs it opened (an ``alert`` run by injected markup would show here),
 its uncaught errors and the Content-Security-Policy violations it reported; :class:`ChatPage`
@@ -15,8 +16,7 @@ import uuid
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.integration.conftest import (REPO, base_env, cfg, free_port, module_procs,  # noqa: F401
-                                        procs, wait_for)
+from tests.integration.conftest import REPO
 
 RESULTS = REPO / "results" / "browser"
 PASSWORD = "correct-horse-battery"

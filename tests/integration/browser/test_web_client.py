@@ -16,7 +16,8 @@ import urllib.request
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import PASSWORD, ChatPage, unique, wait_for
+from tests.integration.browser.conftest import PASSWORD, ChatPage, unique
+from tests.integration.conftest import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
