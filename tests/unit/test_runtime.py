@@ -7,7 +7,9 @@ import threading
 import types
 from collections import namedtuple
 
+import peewee as pw
 import pytest
+import redis
 from kafka.errors import KafkaConnectionError
 from kafka.structs import TopicPartition
 
@@ -17,7 +19,7 @@ from common.errors import Code
 from functions import FUNCTIONS
 from functions.api import Emit, Event, Invalid, Publish, Spec, Transient, spec_of
 from functions.commits import CommitSchedule
-from functions.policy import RetryPolicy, redact, route_failure
+from functions.policy import RetryPolicy, classify, redact, route_failure
 from functions.runtime import Worker
 
 Record = namedtuple("Record", "topic partition offset key value headers timestamp")
@@ -68,6 +70,15 @@ def test_permanent_failure_skips_retries_and_dlq_can_be_disabled():
     assert out.topic == "t.dlq" and out.headers[bus.H_ERROR_CODE] == 50002
     no_dlq = load({"APP_CONF": "/dev/null", "ENABLE_DLQ": "false"})
     assert route_failure(_event(), Code.UNMARSHAL_FAILED, "bad", True, RetryPolicy(), no_dlq, now=1) is None
+
+
+def test_failures_are_classified_by_type_and_an_untyped_one_is_a_retried_bug():
+    assert classify(Invalid(Code.UNMARSHAL_FAILED, "bad")) == (Code.UNMARSHAL_FAILED, "bad", True)
+    assert classify(Transient(Code.PERSIST_FAILED, "x")) == (Code.PERSIST_FAILED, "Transient: x", False)
+    assert classify(pw.OperationalError("gone")) == (Code.DATABASE_ERROR, "OperationalError: gone", False)
+    assert classify(redis.ConnectionError("refused")) == (Code.CACHE_ERROR, "ConnectionError: refused", False)
+    assert classify(KeyError("k")) == (Code.MESSAGE_PROCESSING_ERROR, "KeyError: 'k'", False)
+    assert len(classify(ValueError("x" * 1000))[1]) == 300  # bounded: never a whole event body
 
 
 def test_redact_leaves_undecodable_bytes_alone():
