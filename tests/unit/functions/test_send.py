@@ -4,9 +4,9 @@ import threading
 
 import pytest
 
-from common import bus
+from common import bus, chat
 from common.errors import Code
-from common.models import Conversation, Message
+from common.models import Conversation, ConversationMember as Member, Message
 from functions import send
 from functions.api import Emit, Invalid, Publish
 from functions.runtime import Worker
@@ -86,6 +86,37 @@ def test_a_send_given_up_on_tells_its_sender(ctx, users):
         "code": 50006, "message": Code.RETRY_EXHAUSTED.message, "ref": "m-1"}})]
     assert Message.select().count() == 0
 
+
+def test_system_messages_and_sends_interleaved_in_a_group_share_one_gap_free_seq(ctx, users):
+    """The gateway's membership events (chat.create_group / add_members / remove_member) and the
+    send function's batches number one conversation through the one store: 1, 2, 3, ... in the
+    order they happened, whichever side stored them (PROTOCOL: membership changes are in the seq
+    stream; POST /groups answers last_seq 1)."""
+    alice, bob = users
+    carol, dave = make_user("carol"), make_user("dave")
+    group, created = chat.create_group(alice, "four", [bob, carol])
+    seqs = [("group_created", created.message.seq)]
+    assert chat.group_view(group)["last_seq"] == 1
+
+    def sent(*senders):
+        events = [make_send_event(msg_id=f"m-{n}-{s}", sender_id=s, to_user_id=None, group_id=group.id)
+                  for n, s in enumerate(senders, start=len(seqs))]
+        return [("send", outputs[1].value["data"]["seq"]) for outputs in send.handle_batch(events, ctx)]
+
+    seqs += sent(alice)
+    seqs.append(("members_added", chat.add_members(alice, group.id, [dave]).message.seq))
+    seqs += sent(bob, dave)
+    seqs.append(("member_left", chat.remove_member(carol, group.id, carol).message.seq))
+    seqs += [("send", send.handle(make_send_event(msg_id="m-last", sender_id=alice, to_user_id=None,
+                                                  group_id=group.id), ctx)[1].value["data"]["seq"])]
+    assert seqs == [("group_created", 1), ("send", 2), ("members_added", 3), ("send", 4), ("send", 5),
+                    ("member_left", 6), ("send", 7)]
+    rows = list(Message.select().where(Message.conversation_id == group.id).order_by(Message.seq))
+    assert [(m.seq, m.content_type) for m in rows] == [(1, "system"), (2, "text"), (3, "system"), (4, "text"),
+                                                       (5, "text"), (6, "system"), (7, "text")]
+    assert Conversation.get_by_id(group.id).last_seq == 7
+    # what dave sent at 5 is read for him: the same store moved his cursor
+    assert Member.get((Member.conversation_id == group.id) & (Member.user_id == dave)).read_seq == 5
 
 
 def test_a_send_whose_retries_are_exhausted_is_dead_lettered_and_its_sender_told(file_database, cfg, caplog):
