@@ -24,7 +24,8 @@ import peewee as pw
 
 from common import bus, config as config_mod, logs
 from common.errors import Code
-from common.models import DeadLetter, db, init_db, migrate, now_ms
+from common.models import DeadLetter, db, init_db, now_ms
+from common.migrations import migrate
 
 
 class CommandError(Exception):

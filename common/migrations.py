@@ -1,4 +1,4 @@
-"""Schema migrations: what :func:`common.models.migrate` does to a database an older version made.
+"""Schema migrations: :func:`migrate` brings any database to the models' shape.
 
 A fresh database gets the current shape from the models; these steps bring an existing one to the
 same shape, and each is written to converge: it looks at the schema first and does nothing when
@@ -17,9 +17,21 @@ from __future__ import annotations
 import logging
 
 import peewee as pw
-from playhouse.migrate import SchemaMigrator, migrate
+from playhouse.migrate import SchemaMigrator, migrate as apply
+
+from common.models import MODELS, User, db, username_key
 
 logger = logging.getLogger(__name__)
+
+
+def migrate() -> list[str]:
+    """Bring the schema up to date (safe to run again): upgrade tables an older version created,
+    create missing tables and indexes, then fix column collations; return the table names."""
+    with db.connection_context():
+        upgrade_existing(db)
+        db.create_tables(MODELS, safe=True)
+        exact_keys(db)
+    return [m._meta.table_name for m in MODELS]
 
 # Binary and NO PAD ("a" != "a "): MariaDB's name first, then MySQL 8's.
 BINARY_COLLATIONS = ("utf8mb4_nopad_bin", "utf8mb4_0900_bin")
@@ -38,10 +50,8 @@ def upgrade_existing(database) -> None:
 
 
 def _add_username_key(database) -> None:
-    from common.models import User, username_key
-
     migrator = SchemaMigrator.from_database(database)
-    migrate(migrator.add_column("user", "username_key", pw.CharField(max_length=32, null=True)))
+    apply(migrator.add_column("user", "username_key", pw.CharField(max_length=32, null=True)))
     taken: set[str] = set()
     with database.atomic():
         for user_id, name in User.select(User.id, User.username).order_by(User.id).tuples():
@@ -57,8 +67,8 @@ def _add_username_key(database) -> None:
             User.update(username=new_name, username_key=username_key(new_name)).where(User.id == user_id).execute()
     for index in database.get_indexes("user"):
         if index.columns == ["username"]:
-            migrate(migrator.drop_index("user", index.name))
-    migrate(migrator.add_index("user", ("username_key",), True))
+            apply(migrator.drop_index("user", index.name))
+    apply(migrator.add_index("user", ("username_key",), True))
     logger.info("migration: usernames now compare case-insensitively (user.username_key)")
 
 

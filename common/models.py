@@ -161,15 +161,3 @@ def init_db(cfg: DbConfig) -> pw.Database:
     database = make_database(cfg)
     db.initialize(database)
     return database
-
-
-def migrate() -> list[str]:
-    """Bring the schema up to date (safe to run again): upgrade tables an older version created,
-    create missing tables and indexes, then fix column collations; return the table names."""
-    from common import migrations
-
-    with db.connection_context():
-        migrations.upgrade_existing(db)
-        db.create_tables(MODELS, safe=True)
-        migrations.exact_keys(db)
-    return [m._meta.table_name for m in MODELS]

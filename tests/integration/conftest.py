@@ -23,7 +23,8 @@ import pymysql
 import pytest
 
 from common import bus, config as config_mod
-from common.models import db, init_db, migrate
+from common.models import db, init_db
+from common.migrations import migrate
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = REPO / "deploy" / "local" / "services.sh"

@@ -34,7 +34,8 @@ import gevent  # noqa: E402
 from gevent.pool import Pool  # noqa: E402
 
 from common import bus, config as config_mod  # noqa: E402
-from common.models import init_db, migrate  # noqa: E402
+from common.models import init_db  # noqa: E402
+from common.migrations import migrate  # noqa: E402
 from tests.integration.conftest import Procs, _services_env, group_assignment  # noqa: E402
 from tests.load import group_fanout  # noqa: E402
 from tests.load.stats import percentiles  # noqa: E402

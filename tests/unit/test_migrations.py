@@ -4,7 +4,8 @@ import pytest
 
 from common import accounts
 from common.config import DbConfig
-from common.models import MODELS, User, db, init_db, migrate
+from common.models import MODELS, User, db, init_db
+from common.migrations import migrate
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from common.config import load
 from common.errors import Code
-from common.models import init_db, migrate
+from common.models import init_db
+from common.migrations import migrate
 from functions import metrics as fn_metrics
 from functions.__main__ import probe_port
 from functions.probes import Probes, WorkerState, start_server
