@@ -7,8 +7,8 @@ Input: topic ``<ns>.deliver``, key = conversation id (or user id for presence). 
   * ``ack`` ``{conversation_id, user_id, seq, ack_type}``: moves the member's cursor forward; a read
     that moved it is sent to the other members as a ``receipt``;
   * ``presence`` ``{user_id, online, last_seen}``: to everyone who shares a conversation with them.
-Output: on each gateway's channel, ``{type: "push", conns: [conn_id, ...], text}`` where ``text``
-is the frame, JSON-encoded once for all its recipients. Nothing is
+Output: on each gateway's channel, a ``push`` of the frame (common/protocol.py) to its connections,
+the frame JSON-encoded once for all its recipients. Nothing is
 broadcast to gateways without recipients. Push is a hint: clients that miss it catch up by seq sync.
 A poll's events share one membership query (none for private messages: the message names both
 members) and one presence lookup (``handle_batch``).
@@ -16,9 +16,7 @@ Idempotency: a redelivered event pushes the same frame again (clients dedupe by 
 cursors only move forward. Errors: an unknown kind or shape is invalid (50002, DLQ); Redis or
 database outages are retried.
 """
-import json
-
-from common import bus, chat, presence
+from common import bus, chat, presence, protocol
 from common.errors import AppError, Code
 from functions.api import Invalid, Publish, Spec
 
@@ -46,9 +44,12 @@ def _members(message: dict, conversation_id: int, members: dict[int, list[int]] 
     return chat.member_ids(conversation_id) if known is None else known
 
 
-def plan(e: dict, members: dict[int, list[int]] | None = None) -> tuple[list[int], dict | None, str | None]:
-    """Recipients, frame and the connection to skip for one deliver event (database reads only,
-    plus the cursor move of an ack). ``members``: conversation members already read, if any."""
+Plan = tuple[list[int], tuple[str, dict] | None, str | None]  # recipients, (frame type, payload), conn to skip
+
+
+def apply(e: dict, members: dict[int, list[int]] | None = None) -> Plan:
+    """Apply one deliver event — its only write is an ack's cursor move — and say who gets which
+    frame (and which connection to skip). ``members``: conversation members already read, if any."""
     kind = e.get("kind")
     if kind == "message":
         message = e.get("message")
@@ -56,7 +57,7 @@ def plan(e: dict, members: dict[int, list[int]] | None = None) -> tuple[list[int
             raise Invalid(Code.UNMARSHAL_FAILED, "message event without message")
         (conversation_id,) = _fields(message, "conversation_id")
         recipients = _members(message, conversation_id, members) + list(e.get("also_notify") or [])
-        return recipients, {"type": "message", "payload": message}, e.get("origin_conn")
+        return recipients, ("message", message), e.get("origin_conn")
     if kind in ("typing", "ack"):
         conversation_id, user_id = _fields(e, "conversation_id", "user_id")
         try:
@@ -70,32 +71,32 @@ def plan(e: dict, members: dict[int, list[int]] | None = None) -> tuple[list[int
             return [], None, None  # not (or no longer) a member: nothing to tell anyone
         others = [u for u in chat.member_ids(conversation_id) if u != user_id]
         if kind == "typing":
-            return others, {"type": "typing", "payload": {"conversation_id": conversation_id, "user_id": user_id}}, None
+            return others, ("typing", {"conversation_id": conversation_id, "user_id": user_id}), None
         # The seq the cursor moved to, which is never past the conversation's last message.
         payload = {"conversation_id": conversation_id, "user_id": user_id, "seq": seq, "ack_type": "read"}
-        return others, {"type": "receipt", "payload": payload}, None
+        return others, ("receipt", payload), None
     if kind == "presence":
         (user_id,) = _fields(e, "user_id")
         payload = {"user_id": user_id, "online": bool(e.get("online")), "last_seen": e.get("last_seen")}
-        return chat.contact_ids(user_id), {"type": "presence", "payload": payload}, None
+        return chat.contact_ids(user_id), ("presence", payload), None
     raise Invalid(Code.UNMARSHAL_FAILED, f"unknown deliver kind {kind!r}")
 
 
-def pushes(plans: list[tuple[list[int], dict | None, str | None]], ctx) -> list[list[Publish]]:
+def pushes(plans: list[Plan], ctx) -> list[list[Publish]]:
     """The publishes of each plan, with one presence lookup for all their recipients."""
     everyone = [user_id for recipients, _, _ in plans for user_id in recipients]
     online = presence.lookup(ctx.redis, ctx.config, everyone, ctx.now_ms()) if everyone else {}
     results = []
     for recipients, frame, skip_conn in plans:
         connections = {u: online[u] for u in recipients if u in online}
-        text = json.dumps(frame, separators=(",", ":"), ensure_ascii=False) if connections else ""
-        results.append([Publish(bus.gateway_channel(ctx.config, gateway_id), {"type": "push", "conns": conns, "text": text})
+        text = protocol.frame(*frame) if connections else ""
+        results.append([Publish(bus.gateway_channel(ctx.config, gateway_id), protocol.push(conns, text))
                         for gateway_id, conns in presence.group_by_gateway(connections, skip_conn).items()])
     return results
 
 
 def handle(event, ctx):
-    return pushes([plan(event.value)], ctx)[0]
+    return pushes([apply(event.value)], ctx)[0]
 
 
 def handle_batch(events, ctx):
@@ -106,7 +107,7 @@ def handle_batch(events, ctx):
     plans: list = []
     for event in events:
         try:
-            plans.append(plan(event.value, members))
+            plans.append(apply(event.value, members))
         except Invalid:
             plans.append(None)  # left to handle(), which dead-letters it
     published = iter(pushes([p for p in plans if p is not None], ctx))

@@ -7,7 +7,7 @@ Idempotency: none needed; logging in twice issues two valid tokens and changes n
 Scale: the password hash is the cost (auth.password_iterations); run more login workers for it.
 """
 from common import accounts
-from functions import rpc
+from functions import request
 from functions.api import Spec
 
 # One password hash per poll, so no reply waits for a batch (see register).
@@ -15,4 +15,4 @@ SPEC = Spec(redact=("body",), max_records=1)
 
 
 def handle(event, ctx):
-    return rpc.serve(event, ctx, lambda body, _in_time: accounts.login(accounts.validate_login(body), ctx.config))
+    return request.serve(event, ctx, lambda body, _in_time: accounts.login(accounts.validate_login(body), ctx.config))

@@ -9,7 +9,7 @@ Deadline: an account that would be committed after the request's deadline is rol
 Failures: database errors are retried (20001), then dead-lettered with the password redacted.
 """
 from common import accounts
-from functions import rpc
+from functions import request
 from functions.api import Spec
 
 # One request per poll: each costs a password hash (~0.1 s), and a reply must not wait for the rest
@@ -21,4 +21,4 @@ def handle(event, ctx):
     def work(body, in_time):
         fields = accounts.validate_registration(body)
         return accounts.register(fields, event.value["request_id"], ctx.config, in_time).public()
-    return rpc.serve(event, ctx, work)
+    return request.serve(event, ctx, work)

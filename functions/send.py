@@ -5,28 +5,35 @@ so one partition orders a conversation). Value: ``{msg_id, sender_id, to_user_id
 content, content_type, reply_to, conn_id? | request_id?}`` from a gateway.
 Outputs, only after the message is stored with its seq:
   * ``<ns>.deliver`` ``{kind: "message", message, origin_conn}``, key = conversation id;
-  * on the sender's gateway channel ``reply_to``: ``{type: "ack", ok: true, data: {msg_id,
-    conversation_id, seq, server_ts}, conn_id | request_id}``.
+  * on the sender's gateway channel ``reply_to``, the ack ``{msg_id, conversation_id, seq,
+    server_ts}``: to a socket (``conn_id``) as a ``message_ack`` frame (common/protocol.py
+    ``push``), to a waiting HTTP request (``request_id``) as common/rpc.py's reply.
 A poll's sends are stored together (``handle_batch``: one transaction, a fixed number of
 statements), with the same outputs as one by one.
 Idempotency: ``msg_id``. A resent or redelivered message is stored once and re-emits the same ack
 and deliver event (same seq), so a crash between the commit and the produce heals itself.
-Errors answered to the sender as ``{type: "error", ok: false, error: {code, message, ref}}``:
+Errors are answered the same way (an ``error`` frame whose ``ref`` is the msg_id, or an rpc error):
 10002 bad field, 10006 msg_id reused, 30001 unknown recipient, 40002 unknown group,
 40003 not a member. A database or Redis outage pauses the function until it ends (the runtime's
 back-pressure); a send that keeps failing while they answer is retried, then dead-lettered, and
 its sender gets an error with that code (50006) and the msg_id (``on_dead_letter``).
 """
-from common import chat
+from common import chat, protocol, rpc
 from common.errors import AppError, Code
 from functions.api import Emit, Invalid, Publish, Spec
 
 SPEC = Spec(max_records=500)
 
 
-def reply(event_value: dict, body: dict) -> Publish:
-    ref = {k: event_value[k] for k in ("conn_id", "request_id") if event_value.get(k)}
-    return Publish(event_value["reply_to"], {**body, **ref})
+def reply(e: dict, result) -> Publish:
+    """The sender's answer: the ack's data, or the AppError, to its socket or its HTTP request."""
+    failed = isinstance(result, AppError)
+    if e.get("request_id"):
+        body = rpc.error(e["request_id"], result) if failed else rpc.ok(e["request_id"], result)
+    else:
+        text = protocol.error(result, e.get("msg_id")) if failed else protocol.frame("message_ack", result)
+        body = protocol.push([e.get("conn_id")], text)
+    return Publish(e["reply_to"], body)
 
 
 def _check(e: dict) -> None:
@@ -36,11 +43,11 @@ def _check(e: dict) -> None:
 
 def _outputs(e: dict, result, ctx) -> list:
     if isinstance(result, AppError):
-        return [reply(e, {"type": "error", "ok": False, "error": {**result.to_dict(), "ref": e.get("msg_id")}})]
+        return [reply(e, result)]
     deliver = {"kind": "message", "message": chat.message_view(result.message, result.conversation),
                "origin_conn": e.get("conn_id")}
     return [Emit(ctx.topic("deliver"), deliver, key=str(result.conversation.id)),
-            reply(e, {"type": "ack", "ok": True, "data": chat.ack_view(result.message)})]
+            reply(e, chat.ack_view(result.message))]
 
 
 def handle(event, ctx):

@@ -21,19 +21,18 @@ import time
 import uuid
 from queue import Empty
 
-from flask import Flask, g, jsonify, request
-from flask_sock import Sock
+from flask import Flask, g, request
 from kafka.errors import KafkaError, KafkaTimeoutError
 
 from common import bus, checks, config as config_mod, logs, rpc
 from common.config import Config
 from common.errors import AppError, Code
 from common.models import init_db, now_ms
-from gateway import metrics
+from common.protocol import CLOSE_SERVICE_RESTART, RESTART_REASON
+from gateway import http, metrics, ws
 from gateway.inbox import Inbox
 
 logger = logging.getLogger(__name__)
-sock = Sock()
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 DRAIN_FLUSH_S = 5.0  # how long a drain waits for Kafka to take the accepted events (per flush)
 DRAIN_CLOSE_S = 2.0  # how long it waits for clients to answer the close before dropping them
@@ -43,13 +42,11 @@ class Gateway:
     """This process's producer, Redis client and inbox."""
 
     def __init__(self, cfg: Config, producer, redis_client, inbox: Inbox):
-        from gateway.ws import Hub
-
         self.cfg = cfg
         self.producer = producer
         self.redis = redis_client
         self.inbox = inbox
-        self.hub = Hub(self)
+        self.hub = ws.Hub(self)
         metrics.WS_CONNECTIONS.set_function(lambda: len(self.hub.conns))
         self.draining = False  # set by drain(): /readyz answers 503, no new socket or frame is taken
         # Events produced with an on_error (a client's sends) until Kafka has answered for them.
@@ -144,8 +141,6 @@ class Gateway:
         closed with 1012 (docs/PROTOCOL.md); one whose client has not answered the close within
         ``close_timeout`` is dropped. A last flush hands on the closed sockets' presence updates.
         """
-        from gateway.ws import CLOSE_SERVICE_RESTART, RESTART_REASON
-
         if self.draining:
             return
         self.draining = True
@@ -173,8 +168,10 @@ class Gateway:
                 on_error(KafkaTimeoutError("not handed to Kafka before shutdown"))
 
     def close(self, timeout: float = DRAIN_FLUSH_S) -> None:
-        """The process is exiting: stop the inbox, flush and close the producer."""
+        """The process is exiting: stop the inbox and the presence heartbeat, flush and close the
+        producer."""
         self.inbox.stop()
+        self.hub.stop()
         self.producer.close(timeout=timeout)
 
     def health(self) -> dict:
@@ -182,25 +179,14 @@ class Gateway:
         return checks.run(checks.dependencies(self.cfg, self.redis))
 
 
-def envelope(data=None, code: Code = Code.SUCCESS, status: int | None = None):
-    return jsonify({"code": int(code), "message": code.message, "data": data}), status or code.http_status
-
-
-def error_response(exc: AppError):
-    return jsonify(exc.to_dict()), exc.code.http_status
-
-
 def create_app(cfg: Config | None = None, gateway: Gateway | None = None) -> Flask:
     """Build the app. Without ``gateway`` it connects to the configured Kafka and Redis."""
     cfg = cfg or config_mod.load()
     init_db(cfg.db)
-    from gateway import http, ws
-
     app = Flask(__name__)
     app.config["PINGME"] = cfg
     app.extensions["pingme"] = gateway or Gateway.connect(cfg)
-    app.config["SOCK_SERVER_OPTIONS"] = dict(ws.SERVER_OPTIONS)
-    sock.init_app(app)
+    ws.init_app(app)
 
     @app.before_request
     def correlate():

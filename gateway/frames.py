@@ -1,4 +1,5 @@
-"""What the gateway does with each client frame (docs/PROTOCOL.md has the wire format).
+"""What the gateway does with each client frame (docs/PROTOCOL.md has the wire format; the frames
+are built by common/protocol.py).
 
 ``handle(text, conn, gw)`` returns the frames to answer with; sends, acks and typing are handed to
 the pipeline (their answers arrive later through the inbox). Any bad frame is answered with an
@@ -12,14 +13,10 @@ import logging
 from common import chat, logs
 from common.errors import AppError, Code
 from common.models import db, now_ms
+from common.protocol import error as error_frame, frame
 from gateway import metrics
-from gateway.ws import frame
 
 logger = logging.getLogger(__name__)
-
-
-def error_frame(exc: AppError, ref) -> str:
-    return frame("error", {"code": int(exc.code), "message": exc.message, "ref": ref})
 
 
 def handle(text, conn, gw) -> list[str]:

@@ -22,10 +22,17 @@ from common.config import REPO_ROOT
 from common.errors import AppError, Code
 from common.models import db, now_ms
 from gateway import metrics as gateway_metrics
-from gateway.app import envelope, error_response
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("http", __name__)
+
+
+def envelope(data=None, code: Code = Code.SUCCESS, status: int | None = None):
+    return jsonify({"code": int(code), "message": code.message, "data": data}), status or code.http_status
+
+
+def error_response(exc: AppError):
+    return jsonify(exc.to_dict()), exc.code.http_status
 
 
 def _gateway():

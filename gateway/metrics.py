@@ -15,7 +15,7 @@ import peewee as pw
 from prometheus_client import Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 
-from common import metrics
+from common import metrics, protocol
 from common.errors import Code
 from common.models import DeadLetter, db
 
@@ -24,10 +24,9 @@ logger = logging.getLogger(__name__)
 REGISTRY = metrics.new_registry()
 CONTENT_TYPE = metrics.CONTENT_TYPE
 
-# Client frame types (gateway/frames.py HANDLERS) and server frame types (docs/PROTOCOL.md).
-FRAMES_IN_TYPES = ("auth", "ping", "send", "ack", "typing", "sync", "unknown", "invalid")
-FRAMES_OUT_TYPES = ("auth_ok", "auth_fail", "pong", "message_ack", "message", "receipt", "sync",
-                    "typing", "presence", "error", "other")
+# The protocol's frame types (common/protocol.py), and what is outside it.
+FRAMES_IN_TYPES = (*protocol.CLIENT_FRAMES, "unknown", "invalid")
+FRAMES_OUT_TYPES = (*protocol.SERVER_FRAMES, "other")
 # The functions the gateway produces to (its requests, a client's sends, acks, typing, presence).
 PRODUCED_TO = ("register", "login", "send", "deliver")
 
@@ -71,7 +70,7 @@ def frame_in(kind) -> None:
 
 def frame_type(text: str) -> str:
     """The type of a server frame from its text, without decoding it: every server frame is
-    compact JSON that starts with its type (gateway/ws.py ``frame``, functions/deliver.py);
+    compact JSON that starts with its type (common/protocol.py ``frame``);
     ``other`` for anything else."""
     if text.startswith(_TYPE_PREFIX):
         end = text.find('"', len(_TYPE_PREFIX))

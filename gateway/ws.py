@@ -1,12 +1,13 @@
 """The WebSocket endpoint ``/ws`` and this gateway's live connections.
 
-Writes never wait. Every frame of a connection goes through its :class:`Outbox`: the caller writes
+Writes never wait. Every frame of a connection goes through its :class:`SocketWriter`: the caller writes
 it at once when the kernel takes it whole (the common case: one ``send`` call, no queue, no
 greenlet); otherwise it, and every later frame, waits in a bounded backlog that one short-lived
 greenlet writes out in order. So a slow reader never blocks the inbox or other clients, and a
 client whose backlog fills is disconnected instead of growing memory. Data frames are framed here
 (server frames are unmasked, so a push to many connections is framed once) rather than by
-wsproto. Frame logic lives in gateway/frames.py; this module is transport only.
+wsproto. What each client frame does is gateway/frames.py's; the frames themselves and the close
+codes are common/protocol.py's; this module is transport only.
 
 Two simple-websocket 1.1.0 traps are handled by :class:`SafeServer`: its ``socket.send`` can write a
 partial frame to a slow reader (upstream issue #45) — the outbox only ever writes whole frames in
@@ -19,6 +20,9 @@ A browser's upgrade is refused (HTTP 403, 10004) unless its ``Origin`` is the ga
 Each client frame is handled under a correlation id of its own (common/logs.py). While the gateway
 drains (``Gateway.drain``) no frame is handled and no new socket stays open: each is closed with
 1012 (Service Restart).
+
+:func:`init_app` adds the route to an app, and installs :class:`SafeServer` as the server class
+flask-sock builds (it has no option for that: it calls its module's ``Server``).
 """
 from __future__ import annotations
 
@@ -41,26 +45,18 @@ from wsproto.events import AcceptConnection, Ping
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
-from common import accounts, logs, presence
+from common import accounts, logs, presence, protocol
 from common.errors import AppError, Code
 from common.models import now_ms
-from gateway import metrics
-from gateway.app import sock
+from common.protocol import (CLOSE_AUTH_FAILED, CLOSE_AUTH_TIMEOUT, CLOSE_SERVER_ERROR, CLOSE_SERVICE_RESTART,
+                             CLOSE_TRY_AGAIN, RESTART_REASON)
+from gateway import frames, metrics
 
 logger = logging.getLogger(__name__)
 
+sock = flask_sock.Sock()
 AUTH_TIMEOUT_S = 10
 RECEIVE_POLL_S = 30
-CLOSE_AUTH_FAILED = 4001
-CLOSE_AUTH_TIMEOUT = 4002
-# RFC 6455 "Try Again Later": the gateway cannot answer right now (it lost its Redis reply channel,
-# or Redis is down); reconnect with backoff and resend every unacknowledged message (same msg_id).
-CLOSE_TRY_AGAIN = 1013
-CLOSE_SERVER_ERROR = 1011
-# RFC 6455 "Service Restart": this gateway is shutting down (SIGTERM). Reconnect, maybe to another
-# gateway, sync from the last seq, resend every unacknowledged message with the same msg_id.
-CLOSE_SERVICE_RESTART = 1012
-RESTART_REASON = "gateway restarting; reconnect, sync and resend unacknowledged messages"
 SERVER_OPTIONS = {"ping_interval": 25, "max_message_size": 64 * 1024}
 DEFAULT_BACKLOG = 256
 
@@ -82,7 +78,7 @@ class SlowReader(ConnectionError):
     """The peer stopped reading and its backlog is full: the socket was shut down."""
 
 
-class Outbox:
+class SocketWriter:
     """The socket every frame of one connection is written through: whole frames, in order,
     without ever waiting (see the module docstring). Under gevent only: the direct write relies on
     gevent's non-waiting ``send(..., timeout=0.0)`` and on greenlets not preempting each other."""
@@ -154,7 +150,7 @@ class SafeServer(simple_websocket.Server):
         self._next_ping = time.monotonic() + (self.ping_interval or 0)
 
     def handshake(self):
-        self.sock = Outbox(self.sock)
+        self.sock = SocketWriter(self.sock)
         accept = self.ws.send
 
         def send_without_deflate(event):
@@ -207,14 +203,6 @@ class SafeServer(simple_websocket.Server):
             self.sock.send(self.ws.send(Ping()))
         except OSError:
             self.connected = False
-
-
-# flask-sock builds `Server(environ, **SOCK_SERVER_OPTIONS)` from its module namespace.
-flask_sock.Server = SafeServer
-
-
-def frame(kind: str, payload: dict) -> str:
-    return json.dumps({"type": kind, "payload": payload}, separators=(",", ":"), ensure_ascii=False)
 
 
 class Connection:
@@ -270,6 +258,10 @@ class Hub:
     def start(self) -> None:
         threading.Thread(target=self._heartbeat, name="presence-heartbeat", daemon=True).start()
 
+    def stop(self) -> None:
+        """End the presence heartbeat (the gateway is closing)."""
+        self._stop.set()
+
     def add(self, conn: Connection) -> bool:
         """Register a connection; True when its user just came online."""
         self.conns[conn.conn_id] = conn
@@ -305,25 +297,18 @@ class Hub:
         return len(conns)
 
     def on_message(self, message: dict) -> None:
-        """A message on this gateway's channel that is not a reply to a waiting HTTP request."""
-        kind = message.get("type")
-        if kind == "push":
-            text = message.get("text") or ""
-            data, pushed = ws_frame(text), 0
-            for conn_id in message.get("conns") or ():
-                conn = self.conns.get(conn_id)
-                if conn is not None and conn.push_frame(data):
-                    pushed += 1
-            metrics.frames_out(text, pushed)
-        elif kind in ("ack", "error") and message.get("conn_id"):
-            conn = self.conns.get(message["conn_id"])
-            if conn is not None:
-                if kind == "ack":
-                    conn.push(frame("message_ack", message.get("data") or {}))
-                else:
-                    conn.push(frame("error", message.get("error") or {}))
-        else:
-            logger.warning("gateway channel: unexpected message type %r", kind)
+        """A message on this gateway's channel that is not a reply to a waiting HTTP request: a
+        frame for some of its connections (common/protocol.py ``push``)."""
+        if message.get("type") != "push":
+            logger.warning("gateway channel: unexpected message type %r", message.get("type"))
+            return
+        text = message.get("text") or ""
+        data, pushed = ws_frame(text), 0
+        for conn_id in message.get("conns") or ():
+            conn = self.conns.get(conn_id)
+            if conn is not None and conn.push_frame(data):
+                pushed += 1
+        metrics.frames_out(text, pushed)
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(presence.HEARTBEAT_S):
@@ -343,8 +328,7 @@ def _authenticate(ws, cfg) -> int | None:
         deadline = time.monotonic() + AUTH_TIMEOUT_S
         text = ws.receive(timeout=AUTH_TIMEOUT_S)
         if text is None or time.monotonic() > deadline:
-            ws.send(metrics.counted(frame("auth_fail", {"code": int(Code.UNAUTHORIZED),
-                                                        "message": "no auth frame within 10 s"})))
+            ws.send(metrics.counted(protocol.auth_fail(AppError(Code.UNAUTHORIZED, "no auth frame within 10 s"))))
             ws.close(reason=CLOSE_AUTH_TIMEOUT, message="authentication timeout")
             return None
         try:
@@ -355,9 +339,16 @@ def _authenticate(ws, cfg) -> int | None:
     try:
         return accounts.authenticate(token or "", cfg)
     except AppError as exc:
-        ws.send(metrics.counted(frame("auth_fail", {"code": int(exc.code), "message": exc.message})))
+        ws.send(metrics.counted(protocol.auth_fail(exc)))
         ws.close(reason=CLOSE_AUTH_FAILED, message=exc.message)
         return None
+
+
+def init_app(app) -> None:
+    """Serve ``/ws`` on ``app`` with :class:`SafeServer`."""
+    flask_sock.Server = SafeServer  # flask-sock builds `Server(environ, **SOCK_SERVER_OPTIONS)`
+    app.config["SOCK_SERVER_OPTIONS"] = dict(SERVER_OPTIONS)
+    sock.init_app(app)
 
 
 @sock.route("/ws")
@@ -421,8 +412,6 @@ def _close_quietly(ws, code: int, reason: str) -> None:
 
 
 def _serve(ws, gw) -> None:
-    from gateway import frames
-
     user_id = _authenticate(ws, gw.cfg)
     if user_id is None:
         return
@@ -432,7 +421,7 @@ def _serve(ws, gw) -> None:
             gw.announce_presence(user_id, True)
         if gw.draining:  # it began while this socket authenticated
             conn.close(CLOSE_SERVICE_RESTART, RESTART_REASON)
-        conn.push(frame("auth_ok", {"user_id": user_id, "conn_id": conn.conn_id}))
+        conn.push(protocol.frame("auth_ok", {"user_id": user_id, "conn_id": conn.conn_id}))
         while not conn.closed:
             text = ws.receive(timeout=RECEIVE_POLL_S)
             if text is None or gw.draining:  # a frame after the drain began is the client's to resend

@@ -264,9 +264,9 @@ def test_client_frame_types_outside_the_protocol_do_not_grow_the_series(gateway_
 def test_a_slow_reader_drop_is_counted(gateway_db):
     from gevent import socket
 
-    from gateway.ws import Connection, Outbox, ws_frame
+    from gateway.ws import Connection, SocketWriter, ws_frame
     server, client = socket.socketpair()
-    conn = Connection(types.SimpleNamespace(sock=Outbox(server), connected=True), user_id=1, limit=5)
+    conn = Connection(types.SimpleNamespace(sock=SocketWriter(server), connected=True), user_id=1, limit=5)
     before = gw_metrics.exposition()
     big = '{"type":"message","payload":"' + "y" * 60_000 + '"}'
     pushed = 0

@@ -1,10 +1,11 @@
 """send by name: a send event in, the stored message and its ack and deliver event out."""
+import json
 import logging
 import threading
 
 import pytest
 
-from common import bus, chat
+from common import bus, chat, protocol, rpc
 from common.errors import Code
 from common.models import Conversation, ConversationMember as Member, Message
 from functions import send
@@ -35,9 +36,15 @@ def test_a_message_is_stored_with_seq_1_then_acknowledged_and_handed_to_delivery
                "content": "hello", "content_type": "text", "server_ts": row.created_at, "to_user_id": bob}
     assert outputs == [
         Emit("t.deliver", {"kind": "message", "message": message, "origin_conn": "c1"}, key=str(conv.id)),
-        Publish("t:gw:g1", {"type": "ack", "ok": True, "conn_id": "c1", "data": {
-            "msg_id": "m-1", "conversation_id": conv.id, "seq": 1, "server_ts": row.created_at}}),
+        Publish("t:gw:g1", protocol.push(["c1"], protocol.frame("message_ack", {
+            "msg_id": "m-1", "conversation_id": conv.id, "seq": 1, "server_ts": row.created_at}))),
     ]
+
+
+def pushed(publish: Publish) -> tuple[list[str], dict]:
+    """The connections a push is for, and its frame decoded."""
+    assert publish.value["type"] == "push"
+    return publish.value["conns"], json.loads(publish.value["text"])
 
 
 def test_a_resent_message_is_stored_once_and_gets_the_same_outputs_again(ctx, users):
@@ -55,8 +62,10 @@ def test_a_batch_numbers_a_conversation_in_order_and_leaves_an_invalid_event_to_
               make_send_event(msg_id="m-2", sender_id=bob, to_user_id=alice, conn_id=None, request_id="r-2")]
     results = send.handle_batch(events, ctx)
     assert results[1] is None
-    assert [out.value["data"]["seq"] for out in (results[0][1], results[2][1])] == [1, 2]
-    assert results[2][1].value["request_id"] == "r-2" and "conn_id" not in results[2][1].value
+    conns, ack = pushed(results[0][1])  # to a socket: a message_ack frame
+    assert (conns, ack["type"], ack["payload"]["seq"]) == (["c1"], "message_ack", 1)
+    answer = results[2][1].value  # to a waiting HTTP request: an rpc reply
+    assert (answer["type"], answer["request_id"], rpc.result(answer)["seq"]) == ("reply", "r-2", 2)
     assert [(m.msg_id, m.seq) for m in Message.select().order_by(Message.seq)] == [("m-1", 1), ("m-2", 2)]
     with pytest.raises(Invalid) as raised:
         send.handle(events[1], ctx)
@@ -72,9 +81,9 @@ def test_a_send_that_cannot_be_stored_is_answered_with_its_code_and_stores_nothi
                                                                                    code, field):
     alice, _ = users
     [reply] = send.handle(make_send_event(sender_id=alice, **overrides), ctx)
-    assert reply.channel == "t:gw:g1" and reply.value["type"] == "error" and reply.value["ok"] is False
-    assert reply.value["conn_id"] == "c1"
-    error = reply.value["error"]
+    conns, frame = pushed(reply)
+    assert (reply.channel, conns, frame["type"]) == ("t:gw:g1", ["c1"], "error")
+    error = frame["payload"]
     assert (error["code"], error["ref"], error.get("field")) == (int(code), "m-1", field)
     assert Message.select().count() == 0
 
@@ -82,8 +91,8 @@ def test_a_send_that_cannot_be_stored_is_answered_with_its_code_and_stores_nothi
 def test_a_send_given_up_on_tells_its_sender(ctx, users):
     alice, bob = users
     outputs = send.on_dead_letter(make_send_event(sender_id=alice, to_user_id=bob), Code.RETRY_EXHAUSTED, ctx)
-    assert outputs == [Publish("t:gw:g1", {"type": "error", "ok": False, "conn_id": "c1", "error": {
-        "code": 50006, "message": Code.RETRY_EXHAUSTED.message, "ref": "m-1"}})]
+    assert outputs == [Publish("t:gw:g1", protocol.push(["c1"], protocol.frame("error", {
+        "code": 50006, "message": Code.RETRY_EXHAUSTED.message, "ref": "m-1"})))]
     assert Message.select().count() == 0
 
 
@@ -101,14 +110,14 @@ def test_system_messages_and_sends_interleaved_in_a_group_share_one_gap_free_seq
     def sent(*senders):
         events = [make_send_event(msg_id=f"m-{n}-{s}", sender_id=s, to_user_id=None, group_id=group.id)
                   for n, s in enumerate(senders, start=len(seqs))]
-        return [("send", outputs[1].value["data"]["seq"]) for outputs in send.handle_batch(events, ctx)]
+        return [("send", pushed(outputs[1])[1]["payload"]["seq"]) for outputs in send.handle_batch(events, ctx)]
 
     seqs += sent(alice)
     seqs.append(("members_added", chat.add_members(alice, group.id, [dave]).message.seq))
     seqs += sent(bob, dave)
     seqs.append(("member_left", chat.remove_member(carol, group.id, carol).message.seq))
-    seqs += [("send", send.handle(make_send_event(msg_id="m-last", sender_id=alice, to_user_id=None,
-                                                  group_id=group.id), ctx)[1].value["data"]["seq"])]
+    seqs += [("send", pushed(send.handle(make_send_event(msg_id="m-last", sender_id=alice, to_user_id=None,
+                                                  group_id=group.id), ctx)[1])[1]["payload"]["seq"])]
     assert seqs == [("group_created", 1), ("send", 2), ("members_added", 3), ("send", 4), ("send", 5),
                     ("member_left", 6), ("send", 7)]
     rows = list(Message.select().where(Message.conversation_id == group.id).order_by(Message.seq))
@@ -141,6 +150,5 @@ def test_a_send_whose_retries_are_exhausted_is_dead_lettered_and_its_sender_told
     assert (topic, dead, key, headers[bus.H_ERROR_CODE]) == ("t.dlq", value, b"p1:2", b"50006")
     assert headers[bus.H_ERROR] == b"20001 OperationalError: no such table: message"
     [(channel, published)] = worker.redis.published
-    assert channel == "t:gw:g1" and bus.decode(published) == {
-        "type": "error", "ok": False, "conn_id": "c1",
-        "error": {"code": 50006, "message": Code.RETRY_EXHAUSTED.message, "ref": "m-1"}}
+    assert channel == "t:gw:g1" and bus.decode(published) == protocol.push(["c1"], protocol.frame("error", {
+        "code": 50006, "message": Code.RETRY_EXHAUSTED.message, "ref": "m-1"}))

@@ -4,7 +4,7 @@ import pytest
 from gevent import socket
 from wsproto.frame_protocol import FrameProtocol
 
-from gateway.ws import Outbox, SlowReader, ws_frame
+from gateway.ws import SocketWriter, SlowReader, ws_frame
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
@@ -35,25 +35,25 @@ def _read_frames(sock, count):
 
 def test_frames_a_reader_cannot_take_yet_wait_in_order_without_blocking_the_writer():
     server, client = socket.socketpair()
-    outbox = Outbox(server, limit=10_000)
+    writer = SocketWriter(server, limit=10_000)
     frames = [f"frame {i} " + "x" * 4000 for i in range(400)]  # ~1.6 MB: more than the socket buffers
     with gevent.Timeout(2):  # send() never waits for the reader
         for text in frames:
-            outbox.send(ws_frame(text))
-    assert outbox._writer is not None and outbox._backlog  # the rest waits for the reader
+            writer.send(ws_frame(text))
+    assert writer._writer is not None and writer._backlog  # the rest waits for the reader
     reader = gevent.spawn(_read_frames, client, len(frames))
     assert reader.get(timeout=10) == frames
     gevent.sleep(0)
-    assert outbox._writer is None and not outbox._backlog
+    assert writer._writer is None and not writer._backlog
 
 
 def test_a_full_backlog_drops_the_connection():
     server, client = socket.socketpair()
-    outbox = Outbox(server, limit=5)
+    writer = SocketWriter(server, limit=5)
     big = ws_frame("y" * 60_000)
     with pytest.raises(SlowReader):
         for _ in range(200):
-            outbox.send(big)
+            writer.send(big)
     gevent.sleep(0.1)
     client.settimeout(5)
     received = b""

@@ -1,0 +1,56 @@
+"""The WebSocket wire protocol in one place (docs/PROTOCOL.md is its contract): the frame types each
+side sends, how a server frame is written, the close codes, and the one message a function
+publishes to reach sockets on a gateway's channel.
+
+Server frames are compact JSON that starts with its type, ``{"type":"…","payload":{…}}``: the
+gateway counts frames by type without decoding them (gateway/metrics.py). Whoever builds a frame —
+the gateway, deliver, send — builds it here, so a frame type that is not in the protocol cannot be
+written.
+
+A function reaches sockets with :func:`push` on the gateway's channel; it answers a waiting HTTP
+request with common/rpc.py's reply. Those are the only two kinds of message on the channel.
+"""
+from __future__ import annotations
+
+import json
+
+from common.errors import AppError
+
+CLIENT_FRAMES = ("auth", "ping", "send", "ack", "typing", "sync")
+SERVER_FRAMES = ("auth_ok", "auth_fail", "pong", "message_ack", "message", "receipt", "sync", "typing",
+                 "presence", "error")
+
+# Close codes (RFC 6455 and the 4xxx range applications own).
+CLOSE_AUTH_FAILED = 4001   # the token was refused (auth_fail says why)
+CLOSE_AUTH_TIMEOUT = 4002  # no auth frame in time
+# "Unexpected condition": a server error (logged); reconnect as for 1013.
+CLOSE_SERVER_ERROR = 1011
+# "Service Restart": this gateway is shutting down (SIGTERM). Reconnect, maybe to another gateway,
+# sync from the last seq, resend every unacknowledged message with the same msg_id.
+CLOSE_SERVICE_RESTART = 1012
+RESTART_REASON = "gateway restarting; reconnect, sync and resend unacknowledged messages"
+# "Try Again Later": the gateway cannot answer right now (it lost its Redis reply channel, or a
+# dependency is down); reconnect with backoff and resend every unacknowledged message (same msg_id).
+CLOSE_TRY_AGAIN = 1013
+
+
+def frame(kind: str, payload: dict) -> str:
+    """The text of one server frame."""
+    if kind not in SERVER_FRAMES:
+        raise ValueError(f"{kind!r} is not a server frame type (common/protocol.py SERVER_FRAMES)")
+    return json.dumps({"type": kind, "payload": payload}, separators=(",", ":"), ensure_ascii=False)
+
+
+def error(exc: AppError, ref) -> str:
+    """An ``error`` frame ``{code, message, field?, ref}``: ``ref`` is the offending ``msg_id``, or
+    the frame type; ``field`` names the offending input of a 10002."""
+    return frame("error", {**exc.to_dict(), "ref": ref})
+
+
+def auth_fail(exc: AppError) -> str:
+    return frame("auth_fail", exc.to_dict())
+
+
+def push(conns: list[str], text: str) -> dict:
+    """The channel message that writes one frame's ``text`` to these connections of a gateway."""
+    return {"type": "push", "conns": list(conns), "text": text}
