@@ -103,6 +103,30 @@ def _origins(raw: Any, key: str) -> tuple[str, ...]:
     return origins
 
 
+def _rate(raw: Any, key: str):
+    """A rate limit ``count/period`` (``10/1m``, ``30/10s``: common/ratelimit.py), or ``off``."""
+    from common.ratelimit import Rate
+
+    text = _str(raw, key).strip().lower()
+    if text in ("off", "none", "0"):
+        return None
+    try:
+        return Rate.parse(text)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def _networks(raw: Any, key: str) -> tuple:
+    """Comma-separated IP addresses or networks (CIDR)."""
+    from common.ratelimit import parse_networks
+
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    try:
+        return parse_networks(str(item) for item in items if str(item).strip())
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
 def _brokers(raw: Any, key: str) -> tuple[str, ...]:
     items = raw if isinstance(raw, list) else str(raw).split(",")
     brokers = tuple(str(item).strip() for item in items if str(item).strip())
@@ -186,6 +210,33 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("jwt.issuer", "JWT_ISSUER", "pingme", _nonempty, "`iss` claim"),
     Setting("auth.password_iterations", "PASSWORD_ITERATIONS", 200_000, _int(1, 10_000_000),
             "PBKDF2-SHA256 iterations for new password hashes (the login cost)"),
+    Setting("ratelimit.enabled", "RATE_LIMIT_ENABLED", True, _bool,
+            "Refuse requests over the limits below with 429 / an `error` frame, code 10007 and a retry "
+            "hint (docs/SECURITY.md). A limit is `count/period` (`10/1m`: a burst of 10, then one "
+            "every 6 s; units s, m, h, d) or `off`"),
+    Setting("ratelimit.login_account", "RATE_LIMIT_LOGIN_ACCOUNT", "10/1m", _rate,
+            "Logins per username (any letter case), from anywhere"),
+    Setting("ratelimit.login_address", "RATE_LIMIT_LOGIN_ADDRESS", "30/1m", _rate,
+            "Logins per client address"),
+    Setting("ratelimit.register_address", "RATE_LIMIT_REGISTER_ADDRESS", "10/1h", _rate,
+            "Registrations per client address"),
+    Setting("ratelimit.api_user", "RATE_LIMIT_API_USER", "300/1m", _rate,
+            "Authenticated HTTP API requests per user"),
+    Setting("ratelimit.directory_user", "RATE_LIMIT_DIRECTORY_USER", "60/1m", _rate,
+            "User-directory lookups (`/api/v1/users…`, a user's status) per user"),
+    Setting("ratelimit.ws_connection", "RATE_LIMIT_WS_CONNECTION", "50/1s", _rate,
+            "WebSocket frames of any type per connection (kept in the gateway's memory)"),
+    Setting("ratelimit.ws_send_user", "RATE_LIMIT_WS_SEND_USER", "20/1s", _rate,
+            "`send` frames (and HTTP sends) per user, all connections together"),
+    Setting("ratelimit.ws_typing_user", "RATE_LIMIT_WS_TYPING_USER", "5/1s", _rate,
+            "`typing` frames per user"),
+    Setting("ratelimit.ws_sync_user", "RATE_LIMIT_WS_SYNC_USER", "30/10s", _rate,
+            "`sync` frames per user"),
+    Setting("ratelimit.trusted_proxies", "TRUSTED_PROXIES", "", _networks,
+            "Addresses or networks (comma-separated, CIDR) of proxies whose `ratelimit.proxy_header` "
+            "names the client; empty: the header is ignored and the socket's peer is the client"),
+    Setting("ratelimit.proxy_header", "PROXY_HEADER", "X-Forwarded-For", _nonempty,
+            "The header a trusted proxy puts the client's address in (read from the right)"),
 )
 
 
@@ -248,6 +299,30 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class RateLimitConfig:
+    """Each limit is a common.ratelimit.Rate, or None (not limited)."""
+
+    enabled: bool
+    login_account: Any
+    login_address: Any
+    register_address: Any
+    api_user: Any
+    directory_user: Any
+    ws_connection: Any
+    ws_send_user: Any
+    ws_typing_user: Any
+    ws_sync_user: Any
+    trusted_proxies: tuple
+    proxy_header: str
+
+    def rules(self) -> dict:
+        """The shared (Redis) limits by name, for common.ratelimit.Limiter."""
+        return {name: getattr(self, name) for name in (
+            "login_account", "login_address", "register_address", "api_user", "directory_user",
+            "ws_send_user", "ws_typing_user", "ws_sync_user")}
+
+
+@dataclass(frozen=True)
 class Config:
     app: AppConfig
     db: DbConfig
@@ -255,6 +330,7 @@ class Config:
     kafka: KafkaConfig
     jwt: JwtConfig
     auth: AuthConfig
+    ratelimit: RateLimitConfig
     source: str = ""  # the YAML file that was read, for start-up logs
 
     @property
@@ -275,7 +351,7 @@ class Config:
 
 
 _SECTIONS = {"app": AppConfig, "db": DbConfig, "redis": RedisConfig, "kafka": KafkaConfig,
-             "jwt": JwtConfig, "auth": AuthConfig}
+             "jwt": JwtConfig, "auth": AuthConfig, "ratelimit": RateLimitConfig}
 
 
 def _read_yaml(path: Path) -> dict:
