@@ -8,68 +8,41 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from common import auth, rpc
+from common import auth, rpc, validate
 from common.config import Config
 from common.errors import AppError, Code
 from common.models import User, db, now_ms, username_key
 
-USERNAME = re.compile(r"^[A-Za-z0-9_.-]{3,32}$")
-EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s]{1,63}$")
+USERNAME = validate.USERNAME  # the whole string must match (fullmatch): "abcd\n" is refused
+EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s]{1,63}")
 PASSWORD_MIN, PASSWORD_MAX = 8, 128
 
 
-def _text(body: dict, name: str, *, required: bool, max_len: int, default: str | None = None):
-    value = body.get(name)
-    if value is None or value == "":
-        if required:
-            raise AppError(Code.INVALID_PARAMS, f"{name} is required", field=name)
-        return default
-    if not isinstance(value, str):
-        raise AppError(Code.INVALID_PARAMS, f"{name} must be a string", field=name)
-    if len(value) > max_len:
-        raise AppError(Code.INVALID_PARAMS, f"{name} is longer than {max_len} characters", field=name)
-    return value
-
-
-def _body(body) -> dict:
-    if not isinstance(body, dict):
-        raise AppError(Code.INVALID_PARAMS, "expected a JSON object")
-    return body
-
-
 def validate_registration(body) -> dict:
-    body = _body(body)
-    username = _text(body, "username", required=True, max_len=32)
-    if not USERNAME.match(username):
-        raise AppError(Code.INVALID_PARAMS,
-                       "username must be 3-32 letters, digits, '_', '.' or '-'", field="username")
-    password = _text(body, "password", required=True, max_len=PASSWORD_MAX)
-    if len(password) < PASSWORD_MIN:
-        raise AppError(Code.INVALID_PARAMS, f"password must be at least {PASSWORD_MIN} characters",
-                       field="password")
-    email = _text(body, "email", required=False, max_len=254)
-    if email is not None and not EMAIL.match(email):
+    body = validate.obj(body)
+    username = validate.username(validate.text(body, "username", max_len=32, empty_is_absent=True))
+    password = validate.text(body, "password", min_len=PASSWORD_MIN, max_len=PASSWORD_MAX, empty_is_absent=True)
+    email = validate.text(body, "email", required=False, max_len=254, empty_is_absent=True)
+    if email is not None and not EMAIL.fullmatch(email):
         raise AppError(Code.INVALID_PARAMS, "email is not a valid address", field="email")
-    nickname = _text(body, "nickname", required=False, max_len=64, default=username)
+    nickname = validate.text(body, "nickname", required=False, max_len=64, empty_is_absent=True,
+                             default=username)
     return {"username": username, "password": password, "email": email, "nickname": nickname}
 
 
 def validate_login(body) -> dict:
-    body = _body(body)
-    return {"username": _text(body, "username", required=True, max_len=32),
-            "password": _text(body, "password", required=True, max_len=PASSWORD_MAX)}
+    """Any string is a name one may try (an unknown one is answered like a wrong password)."""
+    body = validate.obj(body)
+    return {"username": validate.text(body, "username", max_len=32, empty_is_absent=True),
+            "password": validate.text(body, "password", max_len=PASSWORD_MAX, empty_is_absent=True)}
 
 
 def validate_profile_update(body) -> dict:
-    body = _body(body)
+    body = validate.obj(body)
     changes = {}
     for name, max_len in (("nickname", 64), ("avatar", 512)):
         if name in body:
-            value = body[name]
-            if not isinstance(value, str) or len(value) > max_len:
-                raise AppError(Code.INVALID_PARAMS,
-                               f"{name} must be a string of at most {max_len} characters", field=name)
-            changes[name] = value
+            changes[name] = validate.text(body, name, min_len=0, max_len=max_len)
     if not changes:
         raise AppError(Code.INVALID_PARAMS, "nothing to update: give nickname and/or avatar")
     return changes
@@ -146,10 +119,7 @@ def profile(user_id: int) -> User:
 
 def find(username) -> User:
     """The user of an exact username in any letter case (30001 if none): how a chat starts."""
-    if not isinstance(username, str) or not USERNAME.match(username):
-        raise AppError(Code.INVALID_PARAMS, "username must be 3-32 letters, digits, '_', '.' or '-'",
-                       field="username")
-    user = _by_name(username)
+    user = _by_name(validate.username(username))
     if user is None:
         raise AppError(Code.USER_NOT_FOUND)
     return user

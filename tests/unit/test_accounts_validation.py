@@ -41,3 +41,29 @@ def test_profile_update_needs_a_known_field():
     with pytest.raises(AppError) as info:
         accounts.validate_profile_update({"avatar": 5})
     assert info.value.field == "avatar"
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"username": "abcd\n", "password": "s3cret-pass"}, "username"),     # the `$` anchor let it through
+    ({"username": "alice", "password": "s3cret-pass\ud800"}, "password"),
+    ({"username": "alice", "password": "s3cret-pass", "email": "a@b.co\n"}, "email"),
+    ({"username": "alice", "password": "s3cret-pass", "nickname": "\udc00"}, "nickname"),
+    ({"username": "alice", "password": True}, "password"),
+    ({"username": ["alice"], "password": "s3cret-pass"}, "username"),
+])
+def test_registration_strictness(body, field):
+    with pytest.raises(AppError) as info:
+        accounts.validate_registration(body)
+    assert (info.value.code, info.value.field) == (Code.INVALID_PARAMS, field)
+
+
+def test_find_uses_the_whole_username_rule():
+    with pytest.raises(AppError) as info:
+        accounts.find("abcd\n")
+    assert (info.value.code, info.value.field) == (Code.INVALID_PARAMS, "username")
+
+
+def test_profile_text_must_be_valid_unicode():
+    with pytest.raises(AppError) as info:
+        accounts.validate_profile_update({"avatar": "http://x/\ud800"})
+    assert info.value.field == "avatar"
