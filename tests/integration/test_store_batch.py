@@ -133,7 +133,7 @@ def test_a_redelivered_first_message_that_raced_its_store_gets_its_ack_again(cfg
         a, b = _users(cfg, 2)
         msg_id = uuid.uuid4().hex
         (first,) = chat.store_messages([_send(a, msg_id, to=b)])
-        monkeypatch.setattr(chat, "_private_conversations", lambda keys: {})
+        monkeypatch.setattr(chat.store, "_private_conversations", lambda keys: {})
         (again,) = chat.store_messages([_send(a, msg_id, to=b)])
         assert not isinstance(again, AppError), again
         assert (again.created, again.message.seq, again.conversation.id) == (False, 1, first.conversation.id)

@@ -1,6 +1,6 @@
 """One implementation assigns a conversation's seq (issue 12 part 4), read from the source (ast,
 nothing imported): every write of a ``message`` row or of ``conversation.last_seq`` in the
-deployables is in ``common.chat._store_batch``, which the send function's batches and the
+deployables is in ``common.chat.store._store_batch``, which the send function's batches and the
 gateway's system messages (``chat.store_system``) both go through. A second store, in the gateway
 or in a function, would number a conversation twice; this test names where it came back.
 
@@ -43,4 +43,4 @@ def _seq_writers() -> set[str]:
 
 
 def test_messages_and_last_seq_are_written_in_one_place():
-    assert _seq_writers() == {"common.chat._store_batch"}
+    assert _seq_writers() == {"common.chat.store._store_batch"}

@@ -26,9 +26,8 @@ def database():
     db.initialize(database)
     db.create_tables(MODELS)
     # Private conversations are cached per process (rows that never change); a fresh database per
-    # test reuses their ids, so the cache must start empty too. (chat.py is out of this change's
-    # reach; a public way to drop the cache belongs there.)
-    chat._private_cache.clear()
+    # test reuses their ids, so the cache must start empty too.
+    chat.forget_cached_conversations()
     yield database
     db.close()
     db.initialize(None)
@@ -40,7 +39,7 @@ def file_database(tmp_path):
     database = pw.SqliteDatabase(str(tmp_path / "functions.db"))
     db.initialize(database)
     db.create_tables(MODELS)
-    chat._private_cache.clear()
+    chat.forget_cached_conversations()
     yield database
     db.close()
     db.initialize(None)

@@ -1,0 +1,96 @@
+"""What a member reads: the wire form of a message, history, sync, offline messages and the
+conversation list (membership checked first)."""
+from __future__ import annotations
+
+import peewee as pw
+
+from common.chat.members import membership
+from common.models import Conversation, ConversationMember as Member, Message
+
+
+def message_view(message: Message, conv: Conversation) -> dict:
+    """The wire form of a message (push, sync, history)."""
+    view = {"msg_id": message.msg_id, "conversation_id": message.conversation_id, "seq": message.seq,
+            "from_user_id": message.sender_id, "content": message.content,
+            "content_type": message.content_type, "server_ts": message.created_at}
+    if conv.type == Conversation.GROUP:
+        view["group_id"] = conv.id
+    else:
+        low, high = (int(x) for x in conv.private_key.split(":"))
+        view["to_user_id"] = high if message.sender_id == low else low
+    return view
+
+
+def ack_view(message: Message) -> dict:
+    return {"msg_id": message.msg_id, "conversation_id": message.conversation_id,
+            "seq": message.seq, "server_ts": message.created_at}
+
+
+def _views(messages, convs: dict[int, Conversation]) -> list[dict]:
+    return [message_view(m, convs[m.conversation_id]) for m in messages]
+
+
+def history(user_id: int, conversation_id: int, before_seq: int | None, limit: int) -> dict:
+    """Messages before ``before_seq`` (default: the newest), ascending, with ``has_more``."""
+    membership(conversation_id, user_id)
+    conv = Conversation.get_by_id(conversation_id)
+    query = Message.select().where(Message.conversation_id == conversation_id)
+    if before_seq is not None:
+        query = query.where(Message.seq < before_seq)
+    rows = list(query.order_by(Message.seq.desc()).limit(limit + 1))
+    has_more = len(rows) > limit
+    rows = sorted(rows[:limit], key=lambda m: m.seq)
+    return {"messages": _views(rows, {conv.id: conv}), "has_more": has_more}
+
+
+def sync(user_id: int, conversation_id: int, after_seq: int, limit: int) -> dict:
+    """Messages after ``after_seq`` in seq order, paged: the truth behind every push."""
+    membership(conversation_id, user_id)
+    conv = Conversation.get_by_id(conversation_id)
+    rows = list(Message.select().where((Message.conversation_id == conversation_id) & (Message.seq > after_seq))
+                .order_by(Message.seq).limit(limit + 1))
+    return {"conversation_id": conversation_id, "messages": _views(rows[:limit], {conv.id: conv}),
+            "has_more": len(rows) > limit}
+
+
+def offline(user_id: int, cursor: int, limit: int) -> dict:
+    """Everything past the user's delivered cursor in every conversation, paged by message id.
+
+    ``cursor`` is opaque to clients (the last row id returned); pass ``next_cursor`` back.
+    """
+    rows = list(Message.select(Message)
+                .join(Member, on=(Member.conversation_id == Message.conversation_id))
+                .where((Member.user_id == user_id) & (Message.seq > Member.delivered_seq) & (Message.id > cursor))
+                .order_by(Message.id).limit(limit + 1))
+    page = rows[:limit]
+    convs = {c.id: c for c in Conversation.select().where(Conversation.id.in_({m.conversation_id for m in page}))}
+    return {"messages": _views(page, convs), "has_more": len(rows) > limit,
+            "next_cursor": page[-1].id if page else cursor}
+
+
+def conversations(user_id: int) -> list[dict]:
+    """The user's conversations with ``last_seq``, ``read_seq``, ``unread_count``, last message."""
+    members = list(Member.select().where(Member.user_id == user_id))
+    if not members:
+        return []
+    convs = {c.id: c for c in Conversation.select().where(Conversation.id.in_([m.conversation_id for m in members]))}
+    last = {}
+    for m in Message.select().where(pw.Tuple(Message.conversation_id, Message.seq).in_(
+            [(c.id, c.last_seq) for c in convs.values() if c.last_seq])):
+        last[m.conversation_id] = m
+    result = []
+    for member in members:
+        conv = convs[member.conversation_id]
+        item = {"conversation_id": conv.id, "type": conv.type, "name": conv.name,
+                "last_seq": conv.last_seq, "read_seq": member.read_seq,
+                "delivered_seq": member.delivered_seq,
+                "unread_count": max(conv.last_seq - member.read_seq, 0),
+                "last_message": message_view(last[conv.id], conv) if conv.id in last else None}
+        if conv.type == Conversation.PRIVATE:
+            low, high = (int(x) for x in conv.private_key.split(":"))
+            item["peer_id"] = high if user_id == low else low
+        else:
+            item["group_id"] = conv.id
+        result.append(item)
+    result.sort(key=lambda i: (i["last_message"] or {}).get("server_ts", 0), reverse=True)
+    return result

@@ -1,0 +1,174 @@
+"""The one store of messages: every message row and every ``conversation.last_seq`` is written by
+:func:`_store_batch` (tests/unit/test_one_store.py keeps it so), through :func:`store_messages` (the
+send function's batches) or :func:`store_system` (membership events, stored by the gateway).
+
+Every conversation has its own gap-free ``seq``, assigned in the same transaction that stores the
+message (``UPDATE conversation SET last_seq = last_seq + n`` locks the row); ``(conversation_id,
+seq)`` is unique. ``msg_id`` (client-generated) is unique too: storing a message twice returns the
+first.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+
+import peewee as pw
+
+from common.chat.members import pair_key, private_conversation
+from common.chat.rules import SYSTEM
+from common.errors import AppError, Code
+from common.models import Conversation, ConversationMember as Member, Message, User, db, now_ms
+
+
+@dataclass(frozen=True)
+class Stored:
+    message: Message
+    conversation: Conversation
+    created: bool  # False: this msg_id was stored before (a resend or a redelivery)
+
+
+def store_messages(sends: list[tuple[int, dict]]) -> list[Stored | AppError]:
+    """Authorize and store a batch of validated sends ``(sender_id, fields)``, in order: the one
+    store of every message (a single send is a batch of one).
+
+    A fixed number of statements: the messages of a batch get consecutive seqs per conversation
+    in one transaction, and each sender's read cursor moves to their own last message (what you
+    sent is not unread for you). Each send gets its :class:`Stored` (``created`` False for a resend
+    of a stored msg_id: the same seq again) or its AppError (40002, 40003, 30001, 10002, 10006).
+    """
+    results: list[Stored | AppError | None] = [None] * len(sends)
+    convs = _send_conversations(sends, results)
+    try:
+        # Optimistic: almost every send is new, so no lookup first; the unique msg_id says if not.
+        return _store_batch(sends, convs, list(results), {})
+    except pw.IntegrityError:
+        # A resend or a redelivery (or a concurrent writer): nothing was stored. Again, knowing
+        # which msg_ids are stored already.
+        ids = [fields["msg_id"] for (_, fields), r in zip(sends, results) if r is None]
+        known = {m.msg_id: m for m in Message.select().where(Message.msg_id.in_(ids))}
+        return _store_batch(sends, convs, results, known)
+
+
+def _store_batch(sends, convs, results, known: dict[str, Message]) -> list[Stored | AppError]:
+    new: list[Message] = []
+    for i, ((sender_id, fields), conv) in enumerate(zip(sends, convs)):
+        if results[i] is not None:
+            continue
+        existing = known.get(fields["msg_id"])
+        if existing is None:
+            message = Message(msg_id=fields["msg_id"], conversation_id=conv.id, sender_id=sender_id,
+                              content_type=fields["content_type"], content=fields["content"],
+                              created_at=now_ms())
+            known[message.msg_id] = message  # the same msg_id again in this batch is a resend
+            new.append(message)
+            results[i] = Stored(message, conv, True)
+        elif existing.sender_id != sender_id or existing.conversation_id != conv.id:
+            results[i] = AppError(Code.CONFLICT, "msg_id already used for another message", field="msg_id")
+        else:
+            results[i] = Stored(existing, conv, False)
+    if new:
+        counts: dict[int, int] = {}
+        for message in new:
+            counts[message.conversation_id] = counts.get(message.conversation_id, 0) + 1
+        with db.atomic():
+            conv_ids = sorted(counts)
+            (Conversation.update(last_seq=Conversation.last_seq + pw.Case(Conversation.id, list(counts.items())))
+             .where(Conversation.id.in_(conv_ids)).execute())
+            last = dict(Conversation.select(Conversation.id, Conversation.last_seq)
+                        .where(Conversation.id.in_(conv_ids)).tuples())
+            next_seq = {cid: last[cid] - counts[cid] + 1 for cid in conv_ids}
+            for message in new:
+                message.seq = next_seq[message.conversation_id]
+                next_seq[message.conversation_id] += 1
+            rows = [message.__data__ for message in new]
+            for start in range(0, len(rows), 500):
+                Message.insert_many(rows[start:start + 500]).execute()
+            own = {(m.conversation_id, m.sender_id): m.seq for m in new}  # seqs ascend: the last wins
+            own_seq = pw.Case(None, [((Member.conversation_id == c) & (Member.user_id == u), seq)
+                                     for (c, u), seq in own.items()])
+            (Member.update(read_seq=own_seq)
+             .where(pw.Tuple(Member.conversation_id, Member.user_id).in_(list(own))).execute())
+    return results
+
+
+def store_system(conv: Conversation, actor_id: int, event: str, **details) -> Stored:
+    """Store a membership event as a ``system`` message of ``conv``, through the same store."""
+    body = json.dumps({"event": event, "by": actor_id, **details}, separators=(",", ":"))
+    fields = {"msg_id": f"sys-{uuid.uuid4().hex}", "content_type": SYSTEM, "content": body}
+    (stored,) = _store_batch([(actor_id, fields)], [conv], [None], {})
+    return stored
+
+
+# Private conversations never change once created (only their last_seq, which is not read from
+# here): the send function keeps the ones it has seen, and saves a query per batch.
+_private_cache: dict[str, Conversation] = {}
+PRIVATE_CACHE_SIZE = 100_000
+
+
+def forget_cached_conversations() -> None:
+    """Drop the cache of private conversations (for a process whose database was replaced: tests)."""
+    _private_cache.clear()
+
+
+def _private_conversations(keys: set[str]) -> dict[str, Conversation]:
+    found = {key: _private_cache[key] for key in keys if key in _private_cache}
+    missing = keys - found.keys()
+    if missing:
+        if len(_private_cache) > PRIVATE_CACHE_SIZE:
+            _private_cache.clear()
+        for conv in Conversation.select().where(Conversation.private_key.in_(missing)):
+            found[conv.private_key] = _private_cache[conv.private_key] = conv
+    return found
+
+
+def _send_conversations(sends, results) -> list[Conversation | None]:
+    """The conversation of each send (one query per kind); errors go into ``results``."""
+    pairs = {pair_key(s, f["to_user_id"]) for s, f in sends if f["group_id"] is None}
+    by_key = _private_conversations(pairs)
+    group_ids = {f["group_id"] for _, f in sends if f["group_id"] is not None}
+    groups, members = {}, set()
+    if group_ids:
+        groups = {c.id: c for c in Conversation.select().where(
+            Conversation.id.in_(group_ids) & (Conversation.type == Conversation.GROUP))}
+        senders = {s for s, f in sends if f["group_id"] is not None}
+        members = set(Member.select(Member.conversation_id, Member.user_id).where(
+            Member.conversation_id.in_(list(groups) or [0]) & Member.user_id.in_(senders)).tuples())
+    convs: list[Conversation | None] = []
+    for i, (sender_id, fields) in enumerate(sends):
+        conv = None
+        try:
+            group_id, to_user_id = fields["group_id"], fields["to_user_id"]
+            if group_id is not None:
+                conv = groups.get(group_id)
+                if conv is None:
+                    raise AppError(Code.GROUP_NOT_FOUND)
+                if (group_id, sender_id) not in members:
+                    raise AppError(Code.NOT_GROUP_MEMBER)
+            else:
+                conv = by_key.get(pair_key(sender_id, to_user_id))
+                if conv is None:  # a first message (or a bad recipient)
+                    conv = _first_private(sender_id, to_user_id, fields["msg_id"])
+                    by_key[conv.private_key] = conv
+        except AppError as exc:
+            results[i], conv = exc, None
+        convs.append(conv)
+    return convs
+
+
+def _first_private(sender_id: int, to_user_id: int, msg_id: str) -> Conversation:
+    """The conversation of a pair's first message, created only when that message will be stored
+    (30001, 10002 and 10006 create nothing)."""
+    if to_user_id == sender_id:
+        raise AppError(Code.INVALID_PARAMS, "cannot send a private message to yourself", field="to_user_id")
+    if not User.select().where(User.id == to_user_id).exists():
+        raise AppError(Code.USER_NOT_FOUND)
+    existing = Message.get_or_none(Message.msg_id == msg_id)
+    if existing is None:
+        return private_conversation(sender_id, to_user_id)
+    # Stored already: this message's own first store (a redelivery that raced it, its
+    # conversation created since this batch looked), or another message's msg_id.
+    conv = Conversation.get_or_none(Conversation.private_key == pair_key(sender_id, to_user_id))
+    if conv is None or existing.conversation_id != conv.id or existing.sender_id != sender_id:
+        raise AppError(Code.CONFLICT, "msg_id already used for another message", field="msg_id")
+    return conv
