@@ -56,6 +56,11 @@ class Code(IntEnum):
     PRODUCER_ERROR = (50008, "message pipeline unavailable", 503)
 
 
+# Kept from the table of the system PingMe replaced, so their numbers are never reused, but never
+# sent: a storage failure is 20001 (50006 once its retries are exhausted) and a push that fails is
+# not an error (clients catch up by sync). docs/PROTOCOL.md marks them reserved.
+RESERVED = frozenset({Code.PERSIST_FAILED, Code.DELIVERY_FAILED})
+
 class AppError(Exception):
     """A failure with a code from the table, safe to show to a client.
 

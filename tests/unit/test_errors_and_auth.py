@@ -1,10 +1,12 @@
+import re
 import time
+from pathlib import Path
 
 import pytest
 
 from common import auth
 from common.config import JwtConfig
-from common.errors import AppError, Code
+from common.errors import RESERVED, AppError, Code
 
 JWT = JwtConfig(secret="x" * 40, ttl_seconds=60, issuer="pingme")
 
@@ -18,6 +20,17 @@ def test_code_table_is_unique_and_complete():
                   30001, 30002, 30003, 30004, 30005, 40001, 40002, 40003,
                   50001, 50002, 50003, 50004, 50005, 50006, 50007, 50008):
         assert Code(value).message
+
+
+def test_every_code_is_sent_somewhere_except_the_reserved_ones_which_the_table_marks():
+    repo = Path(__file__).resolve().parents[2]
+    source = "\n".join(p.read_text() for pkg in ("common", "functions", "gateway")
+                       for p in (repo / pkg).rglob("*.py") if p.name != "errors.py")
+    used = {code for code in Code if re.search(rf"\bCode\.{code.name}\b", source)}
+    assert used == set(Code) - RESERVED
+    table = (repo / "docs" / "PROTOCOL.md").read_text()
+    for code in RESERVED:
+        assert re.search(rf"^\| {int(code)} \| reserved\b", table, re.M), code
 
 
 def test_app_error_round_trips_through_a_reply():
