@@ -3,6 +3,7 @@
 #
 #   deploy/local/tools.sh ensure NAME...   install what is missing (idempotent, prints nothing when done)
 #   deploy/local/tools.sh path NAME        ensure it, then print the path of its main binary
+#   deploy/local/tools.sh cached NAME      print that path without building anything
 #
 # Debian packages go through apt (as root, as in CI); Go tools are built once with `go install`
 # into ~/.cache/pingme (cached across runs on one machine). The Python test tools (hadolint,
@@ -72,12 +73,16 @@ path_prometheus() { echo /usr/bin/prometheus; }
 # v0.37.2; go.sum pins them): 10-13 min and ~3 GB of Go cache the first time on this 2-core box, then
 # cached. Built under `nice -n 19`, as other work shares the machine. etcd is Debian's etcd-server.
 KUBE_VERSION=v1.37.2
-ensure_kube_apiserver() {
-  local out go ldflags="" pkg
-  out="$(path_kube_apiserver)"
+# kube_build NAME: k8s.io/kubernetes/cmd/NAME into $CACHE/NAME-$KUBE_VERSION/bin, once. The same
+# module builds the node's other programs for deploy/local/cluster.sh (kubelet 2-3 min with a warm
+# Go cache, controller manager ~1 min, scheduler ~15 s); one at a time, each `go build` peaks at
+# 2-3 GB. KUBE_BUILD_P sets `go build -p` (default: Go's, the number of cores).
+kube_build() {
+  local name="$1" out go ldflags="" pkg
+  out="$CACHE/$name-$KUBE_VERSION/bin/$name"
   [[ -x $out ]] && return 0
   go="$(command -v go || echo /usr/local/go/bin/go)"
-  [[ -x $go ]] || die "go is needed to build kube-apiserver (not found on PATH or in /usr/local/go/bin)"
+  [[ -x $go ]] || die "go is needed to build $name (not found on PATH or in /usr/local/go/bin)"
   # The version the server reports (/version); the module zip carries none of git's.
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1"
@@ -85,16 +90,46 @@ ensure_kube_apiserver() {
   done
   mkdir -p "$(dirname "$out")"
   (cd "$HERE/kube" && GOMODCACHE="$CACHE/go/mod" GOCACHE="$CACHE/go/build" GOFLAGS="-mod=readonly -buildvcs=false" \
-    nice -n 19 "$go" build -ldflags "-s -w$ldflags" -o "$out.tmp" k8s.io/kubernetes/cmd/kube-apiserver) ||
-    die "go build kube-apiserver failed"
+    nice -n 19 "$go" build ${KUBE_BUILD_P:+-p "$KUBE_BUILD_P"} -ldflags "-s -w$ldflags" -o "$out.tmp" \
+      "k8s.io/kubernetes/cmd/$name") || die "go build $name failed"
   mv "$out.tmp" "$out"
 }
+ensure_kube_apiserver() { kube_build kube-apiserver; }
 path_kube_apiserver() { echo "$CACHE/kube-apiserver-$KUBE_VERSION/bin/kube-apiserver"; }
+ensure_kube_controller_manager() { kube_build kube-controller-manager; }
+path_kube_controller_manager() { echo "$CACHE/kube-controller-manager-$KUBE_VERSION/bin/kube-controller-manager"; }
+ensure_kube_scheduler() { kube_build kube-scheduler; }
+path_kube_scheduler() { echo "$CACHE/kube-scheduler-$KUBE_VERSION/bin/kube-scheduler"; }
+ensure_kubelet() { kube_build kubelet; }
+path_kubelet() { echo "$CACHE/kubelet-$KUBE_VERSION/bin/kubelet"; }
+ensure_kubectl() { kube_build kubectl; }
+path_kubectl() { echo "$CACHE/kubectl-$KUBE_VERSION/bin/kubectl"; }
+
+# KEDA's operator and metrics adapter, for deploy/local/cluster.sh: built from the Go module proxy
+# through the wrapper module deploy/local/keda (KEDA's replace block copied; go.sum pins all), into
+# $CACHE/keda-$KEDA_VERSION/bin. Operator ~6 min, adapter ~1 min with the module cache filled.
+KEDA_VERSION=v2.20.2
+keda_build() {  # keda_build operator|adapter
+  local name="$1" out go pkg=github.com/kedacore/keda/v2/version
+  out="$CACHE/keda-$KEDA_VERSION/bin/keda-$name"
+  [[ -x $out ]] && return 0
+  go="$(command -v go || echo /usr/local/go/bin/go)"
+  [[ -x $go ]] || die "go is needed to build KEDA's $name (not found on PATH or in /usr/local/go/bin)"
+  mkdir -p "$(dirname "$out")"
+  (cd "$HERE/keda" && GOMODCACHE="$CACHE/go/mod" GOCACHE="$CACHE/go/build" GOFLAGS="-mod=readonly -buildvcs=false" \
+    nice -n 19 "$go" build ${KUBE_BUILD_P:+-p "$KUBE_BUILD_P"} -ldflags "-s -w -X $pkg.Version=${KEDA_VERSION#v}" \
+      -o "$out.tmp" "github.com/kedacore/keda/v2/cmd/$name") || die "go build keda $name failed"
+  mv "$out.tmp" "$out"
+}
+ensure_keda_operator() { keda_build operator; }
+path_keda_operator() { echo "$CACHE/keda-$KEDA_VERSION/bin/keda-operator"; }
+ensure_keda_adapter() { keda_build adapter; }
+path_keda_adapter() { echo "$CACHE/keda-$KEDA_VERSION/bin/keda-adapter"; }
 ensure_etcd() { [[ -x /usr/bin/etcd ]] || apt_install etcd-server; }
 path_etcd() { echo /usr/bin/etcd; }
 
 main() {
-  [[ $# -ge 2 ]] || { echo "usage: $0 {ensure NAME...|path NAME}" >&2; exit 2; }
+  [[ $# -ge 2 ]] || { echo "usage: $0 {ensure NAME...|path NAME|cached NAME}" >&2; exit 2; }
   local cmd="$1" name
   shift
   for name in "$@"; do
@@ -103,6 +138,7 @@ main() {
   case "$cmd" in
     ensure) for name in "$@"; do "ensure_$name"; done ;;
     path) [[ $# -eq 1 ]] || die "path takes one name"; "ensure_$1"; "path_$1" ;;
+    cached) [[ $# -eq 1 ]] || die "cached takes one name"; "path_$1" ;;  # the path, built or not
     *) die "unknown command: $cmd" ;;
   esac
 }
