@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from common import auth, rpc, validate
+from common import auth, rpc, sessions, validate
 from common.config import Config
 from common.errors import AppError, Code
 from common.models import User, db, now_ms, username_key
@@ -35,6 +35,14 @@ def validate_login(body) -> dict:
     body = validate.obj(body)
     return {"username": validate.text(body, "username", max_len=32, empty_is_absent=True),
             "password": validate.text(body, "password", max_len=PASSWORD_MAX, empty_is_absent=True)}
+
+
+def validate_password_change(body) -> dict:
+    """``{password, new_password}``: the current password proves it is the user at the keyboard."""
+    body = validate.obj(body)
+    return {"password": validate.text(body, "password", max_len=PASSWORD_MAX, empty_is_absent=True),
+            "new_password": validate.text(body, "new_password", min_len=PASSWORD_MIN, max_len=PASSWORD_MAX,
+                                          empty_is_absent=True)}
 
 
 def validate_profile_update(body) -> dict:
@@ -81,25 +89,56 @@ def _dummy_hash(iterations: int) -> str:
     return auth.hash_password("not-a-real-password", iterations)
 
 
-def login(fields: dict, cfg: Config) -> dict:
-    """Check the password and issue a token. Unknown user and wrong password look the same."""
+def login(fields: dict, cfg: Config, r=None) -> dict:
+    """Check the password and start a session: ``{token, expires_in, refresh_token,
+    refresh_expires_in, user}`` (common/sessions.py; without Redis, ``r``, a bare token that
+    cannot be revoked: unit tests only). Unknown user and wrong password look the same."""
     user = _by_name(fields["username"])
     stored = user.password_hash if user else _dummy_hash(cfg.auth.password_iterations)
     # Verify even for an unknown user, so the response time does not reveal which names exist.
     if not auth.verify_password(fields["password"], stored) or user is None:
         raise AppError(Code.INVALID_PASSWORD)
-    return {"token": auth.issue_token(user.id, cfg.jwt), "expires_in": cfg.jwt.ttl_seconds,
-            "user": user.public()}
+    if r is None:
+        return {"token": auth.issue_token(user.id, cfg.jwt), "expires_in": cfg.jwt.ttl_seconds,
+                "user": user.public()}
+    return {**sessions.start(r, cfg, user.id), "user": user.public()}
+
+
+def change_password(user_id: int, fields: dict, cfg: Config, r) -> dict:
+    """Check the current password, revoke every token of the user (every session, every device),
+    store the new password and start a new session for the caller (its tokens, as :func:`login`).
+
+    Revoking comes first: if storing then fails, the user is logged out everywhere with the old
+    password still good (safe, and a retry does it all again), never the other way round."""
+    user = User.get_or_none(User.id == user_id)
+    if user is None:
+        raise AppError(Code.USER_NOT_FOUND)
+    if not auth.verify_password(fields["password"], user.password_hash):
+        raise AppError(Code.INVALID_PASSWORD)
+    sessions.end_all(r, cfg, user_id)
+    User.update(password_hash=auth.hash_password(fields["new_password"], cfg.auth.password_iterations),
+                updated_at=now_ms()).where(User.id == user_id).execute()
+    return {**sessions.start(r, cfg, user_id), "user": profile(user_id).public()}
 
 
 _known_users: set[int] = set()
 KNOWN_USERS_MAX = 100_000
 
 
-def authenticate(token: str, cfg: Config) -> int:
-    """The user id of a valid token whose user exists (30004, 30005 otherwise). Accounts are never
-    deleted, so a user seen once is remembered: one indexed lookup per user and process."""
-    user_id = auth.verify_token(token, cfg.jwt)
+def authenticate(token: str, cfg: Config, r=None) -> int:
+    """The user id of a valid token whose user exists (30004, 30005 otherwise). With Redis (``r``),
+    a token whose session ended or whose version was revoked is refused too (30005: common/sessions.py).
+    Accounts are never deleted, so a user seen once is remembered: one indexed lookup per user and
+    process."""
+    return int(authenticate_claims(token, cfg, r)["sub"])
+
+
+def authenticate_claims(token: str, cfg: Config, r=None) -> dict:
+    """As :func:`authenticate`, the token's claims (a socket keeps them, to know when it is revoked)."""
+    claims = auth.decode_token(token, cfg.jwt)
+    if r is not None:
+        sessions.check(r, cfg, claims)
+    user_id = int(claims["sub"])
     if user_id not in _known_users:
         with db.connection_context():
             if not User.select().where(User.id == user_id).exists():
@@ -107,7 +146,7 @@ def authenticate(token: str, cfg: Config) -> int:
         if len(_known_users) >= KNOWN_USERS_MAX:
             _known_users.clear()
         _known_users.add(user_id)
-    return user_id
+    return claims
 
 
 def profile(user_id: int) -> User:

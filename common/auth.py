@@ -2,8 +2,10 @@
 
 Passwords are stored as ``pbkdf2_sha256$<iterations>$<salt>$<hash>`` (standard library, no native
 build); the iteration count is the login cost and is read back from each hash, so raising it later
-keeps old hashes valid. Tokens are HS256 JWTs with ``sub`` (user id as a string), ``iat``, ``exp``
-and ``iss``.
+keeps old hashes valid. Access tokens are HS256 JWTs with ``sub`` (user id as a string), ``iat``,
+``exp``, ``iss``, and, when issued for a session (common/sessions.py), ``sid`` (the session) and
+``ver`` (the user's token version then). Whether a session or version was revoked is for
+common/sessions.py to say (it needs Redis); this module checks signature, issuer and expiry only.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import time
 
 import jwt
@@ -19,6 +22,8 @@ from common.config import JwtConfig
 from common.errors import AppError, Code
 
 _ALGORITHM = "pbkdf2_sha256"
+_ID = re.compile(r"[1-9][0-9]{0,18}")
+_SID = re.compile(r"[0-9a-f]{32}")
 
 
 def hash_password(password: str, iterations: int) -> str:
@@ -38,15 +43,24 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(candidate, _unb64(digest))
 
 
-def issue_token(user_id: int, cfg: JwtConfig, now: float | None = None) -> str:
+def issue_token(user_id: int, cfg: JwtConfig, now: float | None = None, *, version: int | None = None,
+                sid: str | None = None) -> str:
     issued = int(time.time() if now is None else now)
     claims = {"sub": str(user_id), "iat": issued, "exp": issued + cfg.ttl_seconds, "iss": cfg.issuer}
+    if sid is not None:
+        claims.update(sid=sid, ver=int(version or 0))
     return jwt.encode(claims, cfg.secret, algorithm="HS256")
 
 
 def verify_token(token: str, cfg: JwtConfig, now: float | None = None) -> int:
     """Return the user id of a valid token; raise 30004 (expired) or 30005 (anything else)."""
-    if not token:
+    return int(decode_token(token, cfg, now)["sub"])
+
+
+def decode_token(token: str, cfg: JwtConfig, now: float | None = None) -> dict:
+    """The claims of a valid token (``sub`` a positive integer string, ``ver`` an integer, ``sid``
+    a string when present); raise 30004 (expired) or 30005 (anything else)."""
+    if not isinstance(token, str) or not token:
         raise AppError(Code.INVALID_TOKEN, "missing token")
     try:
         # Expiry is checked here against the caller's clock so tests and replays can pass `now`.
@@ -58,10 +72,11 @@ def verify_token(token: str, cfg: JwtConfig, now: float | None = None) -> int:
         raise AppError(Code.TOKEN_EXPIRED) from None
     except jwt.PyJWTError:
         raise AppError(Code.INVALID_TOKEN) from None
-    try:
-        return int(claims["sub"])
-    except (TypeError, ValueError):
-        raise AppError(Code.INVALID_TOKEN) from None
+    sub, ver, sid = claims["sub"], claims.get("ver", 0), claims.get("sid")
+    if not (isinstance(sub, str) and _ID.fullmatch(sub) and isinstance(ver, int) and not isinstance(ver, bool)
+            and (sid is None or (isinstance(sid, str) and _SID.fullmatch(sid)))):
+        raise AppError(Code.INVALID_TOKEN)
+    return claims
 
 
 def _b64(raw: bytes) -> str:

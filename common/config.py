@@ -206,7 +206,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Send exhausted/undecodable events to the DLQ topic (else log and skip)"),
     Setting("jwt.secret", "JWT_SECRET", DEV_JWT_SECRET, _str,
             "HS256 signing secret; production needs >= 32 chars, not the default"),
-    Setting("jwt.ttl_seconds", "JWT_TTL_SECONDS", 86400, _int(60, 30 * 86400), "Token lifetime"),
+    Setting("jwt.ttl_seconds", "JWT_TTL_SECONDS", 86400, _int(60, 30 * 86400),
+            "Access token lifetime (a revoked one is refused at once on every gateway: docs/SECURITY.md)"),
+    Setting("jwt.refresh_ttl_seconds", "JWT_REFRESH_TTL_SECONDS", 30 * 86400, _int(60, 365 * 86400),
+            "How long an unused refresh token (a login session) lives; each refresh starts it again"),
     Setting("jwt.issuer", "JWT_ISSUER", "pingme", _nonempty, "`iss` claim"),
     Setting("auth.password_iterations", "PASSWORD_ITERATIONS", 200_000, _int(1, 10_000_000),
             "PBKDF2-SHA256 iterations for new password hashes (the login cost)"),
@@ -291,6 +294,7 @@ class JwtConfig:
     secret: str = dataclasses.field(repr=False)
     ttl_seconds: int
     issuer: str
+    refresh_ttl_seconds: int = 30 * 86400
 
 
 @dataclass(frozen=True)

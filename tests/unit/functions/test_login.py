@@ -1,10 +1,12 @@
 """login by name: credentials in, a token (or 30003 for a wrong password and an unknown user alike) out."""
+import threading
+
 import pytest
 
 from common import accounts, auth
 from common.errors import Code
 from functions import login
-from functions.api import Invalid
+from functions.api import Context, Invalid
 from tests.unit.functions.conftest import NOW, make_event
 
 
@@ -12,6 +14,13 @@ def make_login_event(body=None, **overrides):
     value = {"request_id": "req-1", "reply_to": "t:gw:g1", "deadline_ms": NOW + 5000,
              "body": {"username": "alice", "password": "correct horse", **(body or {})}, **overrides}
     return make_event("t.login", value, key=b"req-1")
+
+
+@pytest.fixture
+def ctx(cfg):
+    """Without Redis login hands out a bare token; sessions (refresh, revocation, password change)
+    are tested against the real Redis in tests/integration/test_sessions.py."""
+    return Context(cfg, None, clock=lambda: NOW, stop=threading.Event())
 
 
 @pytest.fixture
@@ -44,3 +53,11 @@ def test_an_expired_request_is_dropped_and_an_envelope_without_body_is_invalid(c
     assert login.handle(make_login_event(deadline_ms=NOW - 1), ctx) == []
     with pytest.raises(Invalid):
         login.handle(make_event("t.login", {"request_id": "req-1", "reply_to": "t:gw:g1"}), ctx)
+
+
+@pytest.mark.parametrize("user_id", [None, "7", True, 0, -1])
+def test_a_password_change_must_name_its_user(ctx, alice, user_id):
+    event = make_login_event(body={"new_password": "a new horse"}, op="password", user_id=user_id)
+    with pytest.raises(Invalid) as err:
+        login.handle(event, ctx)
+    assert err.value.code == Code.UNMARSHAL_FAILED

@@ -1,0 +1,129 @@
+"""Token lifecycle (common/sessions.py, common/accounts.py) against the real Redis and MariaDB:
+rotation, reuse detection, logout, logout everywhere and password change take effect at once."""
+import uuid
+
+import pytest
+
+from common import accounts, auth, sessions
+from common.errors import AppError, Code
+from common.models import db
+
+
+@pytest.fixture
+def r(redis_client):
+    return redis_client
+
+
+@pytest.fixture
+def user(cfg):
+    name = f"s{uuid.uuid4().hex[:10]}"
+    with db.connection_context():
+        user = accounts.register({"username": name, "password": "correct horse"}, None, cfg)
+    return {"id": user.id, "username": name, "password": "correct horse"}
+
+
+def login(cfg, r, user, password=None):
+    with db.connection_context():
+        return accounts.login({"username": user["username"], "password": password or user["password"]}, cfg, r)
+
+
+def refused(fn, *args) -> AppError:
+    with pytest.raises(AppError) as err:
+        fn(*args)
+    return err.value
+
+
+def authenticate(cfg, r, token):
+    with db.connection_context():
+        return accounts.authenticate(token, cfg, r)
+
+
+def test_login_starts_a_session_and_refresh_rotates_it(cfg, r, user):
+    first = login(cfg, r, user)
+    assert set(first) == {"token", "expires_in", "refresh_token", "refresh_expires_in", "user"}
+    assert first["refresh_expires_in"] == cfg.jwt.refresh_ttl_seconds
+    claims = auth.decode_token(first["token"], cfg.jwt)
+    assert (claims["sub"], claims["ver"]) == (str(user["id"]), 0) and len(claims["sid"]) == 32
+    assert authenticate(cfg, r, first["token"]) == user["id"]
+
+    second = sessions.refresh(r, cfg, first["refresh_token"])
+    assert second["refresh_token"] != first["refresh_token"]
+    assert auth.decode_token(second["token"], cfg.jwt)["sid"] == claims["sid"]  # the same session
+    assert authenticate(cfg, r, second["token"]) == user["id"]
+    third = sessions.refresh(r, cfg, second["refresh_token"])
+    assert authenticate(cfg, r, third["token"]) == user["id"]
+    # the session lives refresh_ttl after its last use
+    assert 0 < r.pttl(cfg.redis_key("rt", claims["sid"])) <= cfg.jwt.refresh_ttl_seconds * 1000
+
+
+def test_reusing_a_rotated_refresh_token_revokes_the_whole_session(cfg, r, user):
+    first = login(cfg, r, user)
+    other = login(cfg, r, user)  # another device: not affected
+    second = sessions.refresh(r, cfg, first["refresh_token"])
+    err = refused(sessions.refresh, r, cfg, first["refresh_token"])  # a stolen copy used after the owner
+    assert (err.code, err.message) == (Code.INVALID_TOKEN, "refresh token reused; the session is revoked, log in again")
+    assert refused(sessions.refresh, r, cfg, second["refresh_token"]).code == Code.INVALID_TOKEN
+    for token in (first["token"], second["token"]):
+        assert refused(authenticate, cfg, r, token).message == "the session has ended"
+    assert authenticate(cfg, r, other["token"]) == user["id"]
+    assert sessions.refresh(r, cfg, other["refresh_token"])["token"]
+
+
+def test_logout_ends_one_session(cfg, r, user):
+    mine, theirs = login(cfg, r, user), login(cfg, r, user)
+    sessions.end(r, cfg, auth.decode_token(mine["token"], cfg.jwt))
+    assert refused(authenticate, cfg, r, mine["token"]).code == Code.INVALID_TOKEN
+    assert refused(sessions.refresh, r, cfg, mine["refresh_token"]).message == "the session has ended; log in again"
+    assert authenticate(cfg, r, theirs["token"]) == user["id"]
+
+
+def test_logout_everywhere_revokes_every_token_so_far(cfg, r, user):
+    a, b = login(cfg, r, user), login(cfg, r, user)
+    assert sessions.end_all(r, cfg, user["id"]) == 1
+    for tokens in (a, b):
+        assert refused(authenticate, cfg, r, tokens["token"]).message == "the token was revoked"
+        assert refused(sessions.refresh, r, cfg, tokens["refresh_token"]).code == Code.INVALID_TOKEN
+    fresh = login(cfg, r, user)
+    assert auth.decode_token(fresh["token"], cfg.jwt)["ver"] == 1
+    assert authenticate(cfg, r, fresh["token"]) == user["id"]
+    assert sessions.revoked(r, cfg, auth.decode_token(a["token"], cfg.jwt))
+    assert not sessions.revoked(r, cfg, auth.decode_token(fresh["token"], cfg.jwt))
+
+
+def test_password_change_revokes_the_others_and_keeps_the_caller(cfg, r, user):
+    phone, laptop = login(cfg, r, user), login(cfg, r, user)
+    with db.connection_context():
+        err = refused(accounts.change_password, user["id"], {"password": "wrong horse", "new_password": "x" * 8},
+                      cfg, r)
+    assert err.code == Code.INVALID_PASSWORD
+    assert authenticate(cfg, r, phone["token"]) == user["id"]  # a wrong current password changes nothing
+
+    with db.connection_context():
+        changed = accounts.change_password(user["id"], {"password": "correct horse", "new_password": "battery staple"},
+                                           cfg, r)
+    assert changed["user"]["id"] == user["id"]
+    assert authenticate(cfg, r, changed["token"]) == user["id"]
+    assert sessions.refresh(r, cfg, changed["refresh_token"])["token"]
+    for tokens in (phone, laptop):
+        assert refused(authenticate, cfg, r, tokens["token"]).code == Code.INVALID_TOKEN
+        assert refused(sessions.refresh, r, cfg, tokens["refresh_token"]).code == Code.INVALID_TOKEN
+    assert refused(login, cfg, r, user).code == Code.INVALID_PASSWORD
+    assert login(cfg, r, user, "battery staple")["token"]
+
+
+@pytest.mark.parametrize("token", [None, 5, "", "rt1", "rt1.1.abc.def", "rt1.0." + "a" * 32 + "." + "b" * 43,
+                                   "rt1.1." + "a" * 32 + "." + "b" * 43 + "\n", "rt2.1." + "a" * 32 + "." + "b" * 43])
+def test_malformed_or_unknown_refresh_tokens(cfg, r, token):
+    assert refused(sessions.refresh, r, cfg, token).code == Code.INVALID_TOKEN
+
+
+def test_a_refresh_token_is_bound_to_its_user(cfg, r, user):
+    tokens = login(cfg, r, user)
+    _, uid, sid, secret = tokens["refresh_token"].split(".")
+    forged = f"rt1.{int(uid) + 1}.{sid}.{secret}"
+    assert refused(sessions.refresh, r, cfg, forged).code == Code.INVALID_TOKEN
+
+
+def test_a_refresh_token_is_not_an_access_token(cfg, r, user):
+    tokens = login(cfg, r, user)
+    assert refused(authenticate, cfg, r, tokens["refresh_token"]).code == Code.INVALID_TOKEN
