@@ -167,7 +167,7 @@ pki() {
   local p="$C/pki"
   mkdir -p "$p"
   chmod 700 "$p"
-  [[ -s $p/done ]] && return 0
+  [[ -e $p/done ]] && return 0
   (
     cd "$p"
     openssl genrsa -out sa.key 2048 2>/dev/null
@@ -342,13 +342,19 @@ start_containerd() {
   wait_until containerd 30 ctr --address "$SOCK" version
 }
 
+has_image() {  # (not `ctr | grep -q`: grep's early exit fails the pipeline under pipefail)
+  local names
+  names="$(ctr_ images ls -q)"
+  grep -qxF "$1" <<<"$names"
+}
+
 # import_image IMAGE: podman's image into containerd's k8s.io namespace when its id changed.
 import_image() {
   local image="$1" id stamp
   id="$(bash "$HERE/image.sh" podman image inspect --format '{{.Id}}' "$image")"
   stamp="$C/images/$(tr '/:' '__' <<<"$image").id"
   mkdir -p "$C/images"
-  if [[ "$(cat "$stamp" 2>/dev/null)" == "$id" ]] && ctr_ images ls -q | grep -qxF "$image"; then
+  if [[ "$(cat "$stamp" 2>/dev/null)" == "$id" ]] && has_image "$image"; then
     return 0
   fi
   # Through a file: containerd's import wants to seek in the archive.
@@ -356,7 +362,7 @@ import_image() {
   bash "$HERE/image.sh" podman save -q --format docker-archive -o "$tar" "$image"
   ctr_ images import "$tar" >/dev/null
   rm -f "$tar"
-  ctr_ images ls -q | grep -qxF "$image" || die "containerd did not get $image"
+  has_image "$image" || die "containerd did not get $image"
   echo "$id" >"$stamp"
   log "cluster: imported $image into containerd"
 }
@@ -621,7 +627,7 @@ status() {
 
 apply() {
   running_pid kube-apiserver >/dev/null || die "the cluster is not running: $0 start"
-  bash "$HERE/services.sh" status | grep -q 'kafka: running' ||
+  [[ "$(bash "$HERE/services.sh" status)" == *"kafka: running"* ]] ||
     die "the host's Kafka is not running: make services (deploy/local/services.sh start)"
   kc apply --server-side -f - >/dev/null <<EOF
 apiVersion: v1
