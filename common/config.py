@@ -213,6 +213,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("jwt.issuer", "JWT_ISSUER", "pingme", _nonempty, "`iss` claim"),
     Setting("auth.password_iterations", "PASSWORD_ITERATIONS", 200_000, _int(1, 10_000_000),
             "PBKDF2-SHA256 iterations for new password hashes (the login cost)"),
+    Setting("chat.edit_window_s", "EDIT_WINDOW_S", 86400, _int(0, 365 * 86400),
+            "How long after sending it a message's sender may edit it (seconds; 0: never)"),
+    Setting("chat.recall_window_s", "RECALL_WINDOW_S", 120, _int(0, 365 * 86400),
+            "How long after sending it a message's sender may recall it (seconds; 0: never)"),
+    Setting("chat.max_group_members", "MAX_GROUP_MEMBERS", 2000, _int(2, 100_000),
+            "Members a group may have, its owner included"),
     Setting("ratelimit.enabled", "RATE_LIMIT_ENABLED", True, _bool,
             "Refuse requests over the limits below with 429 / an `error` frame, code 10007 and a retry "
             "hint (docs/SECURITY.md). A limit is `count/period` (`10/1m`: a burst of 10, then one "
@@ -303,6 +309,13 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class ChatConfig:
+    edit_window_s: int = 86400
+    recall_window_s: int = 120
+    max_group_members: int = 2000
+
+
+@dataclass(frozen=True)
 class RateLimitConfig:
     """Each limit is a common.ratelimit.Rate, or None (not limited)."""
 
@@ -335,6 +348,7 @@ class Config:
     jwt: JwtConfig
     auth: AuthConfig
     ratelimit: RateLimitConfig
+    chat: ChatConfig = ChatConfig()
     source: str = ""  # the YAML file that was read, for start-up logs
 
     @property
@@ -355,7 +369,7 @@ class Config:
 
 
 _SECTIONS = {"app": AppConfig, "db": DbConfig, "redis": RedisConfig, "kafka": KafkaConfig,
-             "jwt": JwtConfig, "auth": AuthConfig, "ratelimit": RateLimitConfig}
+             "jwt": JwtConfig, "auth": AuthConfig, "ratelimit": RateLimitConfig, "chat": ChatConfig}
 
 
 def _read_yaml(path: Path) -> dict:

@@ -8,9 +8,11 @@ its change is already there, so running ``migrate()`` again is always safe.
   - usernames compare case-insensitively on every engine (``user.username_key``, unique). Names
     that an older SQLite database held twice in different cases keep the oldest account's name; the
     later accounts are renamed ``<name>-<id>`` (logged), so every account can still log in.
-* :func:`exact_keys` (after): on MySQL/MariaDB, ``message.msg_id`` and ``user.username_key``
-  compare byte for byte (a binary collation without trailing-space padding). The server's default
-  collations are case-, accent- and trailing-space-insensitive, which merged distinct messages.
+  - columns a model gained since (each nullable or with a default), with their indexes.
+* :func:`exact_keys` (after): on MySQL/MariaDB, ``message.msg_id``, ``user.username_key`` and the
+  columns that name a message or an emoji compare byte for byte (a binary collation without
+  trailing-space padding). The server's default collations are case-, accent- and
+  trailing-space-insensitive, which merged distinct messages (and would merge distinct emoji).
 """
 from __future__ import annotations
 
@@ -35,7 +37,9 @@ def migrate() -> list[str]:
 
 # Binary and NO PAD ("a" != "a "): MariaDB's name first, then MySQL 8's.
 BINARY_COLLATIONS = ("utf8mb4_nopad_bin", "utf8mb4_0900_bin")
-EXACT_COLUMNS = (("message", "msg_id", 64), ("user", "username_key", 32))
+EXACT_COLUMNS = (("message", "msg_id", 64, False), ("user", "username_key", 32, False),
+                 ("message", "target_msg_id", 64, True), ("message", "reply_to_msg_id", 64, True),
+                 ("reaction", "msg_id", 64, False), ("reaction", "emoji", 64, False))
 
 
 def _real(database):
@@ -47,6 +51,26 @@ def upgrade_existing(database) -> None:
     if "user" in database.get_tables() and \
             "username_key" not in {c.name for c in database.get_columns("user")}:
         _add_username_key(database)
+    _add_new_columns(database)
+
+
+def _add_new_columns(database) -> None:
+    """Columns a model gained since its table was made (each nullable or with a default, so old
+    rows stay valid), with their indexes."""
+    tables = set(database.get_tables())
+    migrator = SchemaMigrator.from_database(database)
+    for model in MODELS:
+        table = model._meta.table_name
+        if table not in tables:
+            continue
+        existing = {c.name for c in database.get_columns(table)}
+        for field in model._meta.sorted_fields:
+            if field.column_name in existing:
+                continue
+            if not field.null and field.default is None:
+                raise RuntimeError(f"{table}.{field.column_name}: a new column needs null=True or a default")
+            apply(migrator.add_column(table, field.column_name, field))  # and its index, if it has one
+            logger.info("migration: %s.%s added", table, field.column_name)
 
 
 def _add_username_key(database) -> None:
@@ -82,12 +106,12 @@ def exact_keys(database) -> None:
     collation = next((c for c in BINARY_COLLATIONS if c in available), None)
     if collation is None:
         raise RuntimeError(f"the database server has none of the collations {BINARY_COLLATIONS}")
-    for table, column, length in EXACT_COLUMNS:
+    for table, column, length, nullable in EXACT_COLUMNS:
         row = database.execute_sql(
             "SELECT COLLATION_NAME, IS_NULLABLE FROM information_schema.COLUMNS "
             "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND COLUMN_NAME = %s",
             (table, column)).fetchone()
-        if row is not None and (row[0] != collation or row[1] != "NO"):
+        if row is not None and (row[0] != collation or row[1] != ("YES" if nullable else "NO")):
             database.execute_sql(f"ALTER TABLE `{table}` MODIFY `{column}` VARCHAR({length}) "
-                                 f"CHARACTER SET utf8mb4 COLLATE {collation} NOT NULL")
+                                 f"CHARACTER SET utf8mb4 COLLATE {collation} {'NULL' if nullable else 'NOT NULL'}")
             logger.info("migration: %s.%s now compares byte for byte (%s)", table, column, collation)

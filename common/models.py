@@ -88,6 +88,13 @@ class ConversationMember(BaseModel):
 
 
 class Message(BaseModel):
+    """A message, or an event that changes one (``content_type`` edit, recall, delete, reaction:
+    ``target_msg_id`` names the message), each with its own seq. A message is kept in its current
+    state: an edit rewrites ``content`` and sets ``edited_at``; a recall or a delete empties it (and
+    the edit events' copies) and sets ``state``."""
+
+    RECALLED, DELETED = "recalled", "deleted"
+
     id = pw.BigAutoField()
     msg_id = pw.CharField(max_length=64, unique=True)  # client-generated idempotency key
     conversation_id = pw.BigIntegerField()
@@ -96,9 +103,51 @@ class Message(BaseModel):
     content_type = pw.CharField(max_length=16, default="text")
     content = pw.TextField()
     created_at = pw.BigIntegerField(default=now_ms)
+    target_msg_id = pw.CharField(max_length=64, null=True, index=True)  # of an event
+    reply_to_msg_id = pw.CharField(max_length=64, null=True)
+    mentions = pw.TextField(null=True)  # JSON list of user ids; [0] is @all
+    edited_at = pw.BigIntegerField(null=True)
+    state = pw.CharField(max_length=8, default="")  # "", recalled, deleted
 
     class Meta:
         indexes = ((("conversation_id", "seq"), True),)
+
+
+class Mention(BaseModel):
+    """Who a message mentions (user 0: everyone), for the conversation list's unread mentions."""
+
+    id = pw.BigAutoField()
+    conversation_id = pw.BigIntegerField()
+    seq = pw.BigIntegerField()
+    user_id = pw.BigIntegerField()
+
+    class Meta:
+        indexes = ((("user_id", "conversation_id", "seq"), True),)
+
+
+class Reaction(BaseModel):
+    """One user's emoji on one message."""
+
+    id = pw.BigAutoField()
+    msg_id = pw.CharField(max_length=64)  # the message's
+    user_id = pw.BigIntegerField()
+    emoji = pw.CharField(max_length=64)
+    created_at = pw.BigIntegerField(default=now_ms)
+
+    class Meta:
+        indexes = ((("msg_id", "user_id", "emoji"), True),)
+
+
+class HiddenMessage(BaseModel):
+    """A message one user deleted for themselves: not an event of the conversation."""
+
+    id = pw.BigAutoField()
+    user_id = pw.BigIntegerField()
+    message_id = pw.BigIntegerField()
+    created_at = pw.BigIntegerField(default=now_ms)
+
+    class Meta:
+        indexes = ((("user_id", "message_id"), True),)
 
 
 class DeadLetter(BaseModel):
@@ -133,7 +182,7 @@ class DeadLetter(BaseModel):
         return {row.code: row.n for row in query}
 
 
-MODELS = (User, Conversation, ConversationMember, Message, DeadLetter)
+MODELS = (User, Conversation, ConversationMember, Message, Mention, Reaction, HiddenMessage, DeadLetter)
 
 
 class MySQLDatabase(ReconnectMixin, PooledMySQLDatabase):

@@ -44,8 +44,7 @@ def _check(e: dict) -> None:
 def _outputs(e: dict, result, ctx) -> list:
     if isinstance(result, AppError):
         return [reply(e, result)]
-    deliver = {"kind": "message", "message": chat.message_view(result.message, result.conversation),
-               "origin_conn": e.get("conn_id")}
+    deliver = {"kind": "message", "message": result.view(), "origin_conn": e.get("conn_id")}
     return [Emit(ctx.topic("deliver"), deliver, key=str(result.conversation.id)),
             reply(e, chat.ack_view(result.message))]
 
@@ -63,13 +62,13 @@ def handle_batch(events, ctx):
         e = event.value
         try:
             _check(e)
-            sends.append((e["sender_id"], chat.validate_send(e)))
+            sends.append((e["sender_id"], chat.validate_event(e)))
             positions.append(i)
         except Invalid:
             continue  # left to handle(), which dead-letters it
         except AppError as exc:
             results[i] = _outputs(e, exc, ctx)
-    for i, result in zip(positions, chat.store_messages(sends) if sends else ()):
+    for i, result in zip(positions, chat.store_messages(sends, ctx.config.chat) if sends else ()):
         results[i] = _outputs(events[i].value, result, ctx)
     return results
 

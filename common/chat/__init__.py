@@ -1,24 +1,27 @@
 """Conversations and messages, one module per job; callers use ``from common import chat`` and
 the names below.
 
-- rules.py: a client's input (pure): validate_send, page_limit, seq_param, route_key
+- rules.py: a client's input (pure): validate_send, validate_change, page_limit, seq_param, route_key
+- changes.py: what a send says about other messages and users (edit, recall, delete, reactions,
+  replies, mentions), authorized before it is stored
 - members.py: private conversations, groups, membership (authorization), member lists
 - store.py: the one store of messages and of each conversation's seq (store_messages, store_system)
 - reads.py: the wire form of a message, history, sync, offline messages, the conversation list
-- cursors.py: delivered and read cursors
+- cursors.py: each member's own: delivered and read cursors, messages deleted for oneself
 - groups.py: group administration, each change a ``system`` message in the seq stream
 
 Used by the send and deliver functions and by the gateway's read endpoints.
 """
 from common.chat.members import contact_ids, member_ids, members_of, membership, private_conversation
-from common.chat.cursors import move_cursor
+from common.chat.cursors import hide, move_cursor
 from common.chat.groups import MAX_GROUP, add_members, create_group, get_group, group_members, group_view, remove_member
 from common.chat.reads import ack_view, conversations, history, message_view, offline, sync
-from common.chat.rules import MAX_CONTENT, MAX_PAGE, SYSTEM, page_limit, route_key, seq_param, validate_send
+from common.chat.rules import (EVENTS, MAX_CONTENT, MAX_PAGE, SYSTEM, page_limit, route_key, seq_param, validate_change,
+                               validate_event, validate_send)
 from common.chat.store import Stored, forget_cached_conversations, store_messages, store_system
 
-__all__ = ["MAX_CONTENT", "MAX_GROUP", "MAX_PAGE", "SYSTEM", "Stored", "ack_view", "add_members", "contact_ids",
+__all__ = ["EVENTS", "MAX_CONTENT", "MAX_GROUP", "MAX_PAGE", "SYSTEM", "Stored", "ack_view", "add_members", "contact_ids",
            "conversations", "create_group", "forget_cached_conversations", "get_group", "group_members",
-           "group_view", "history", "member_ids", "members_of", "membership", "message_view", "move_cursor",
+           "group_view", "hide", "history", "member_ids", "members_of", "membership", "message_view", "move_cursor",
            "offline", "page_limit", "private_conversation", "remove_member", "route_key", "seq_param", "store_messages",
-           "store_system", "sync", "validate_send"]
+           "store_system", "sync", "validate_change", "validate_event", "validate_send"]

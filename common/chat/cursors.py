@@ -1,8 +1,10 @@
-"""Read and delivered cursors: where each member is in a conversation."""
+"""What is each member's own in a conversation: the delivered and read cursors, and the messages
+they deleted for themselves (not events of the conversation: no one else is told)."""
 from __future__ import annotations
 
 from common.errors import AppError, Code
-from common.models import Conversation, ConversationMember as Member
+from common.chat.members import membership
+from common.models import Conversation, ConversationMember as Member, HiddenMessage, Message
 
 
 def move_cursor(user_id: int, conversation_id: int, seq: int, ack_type: str) -> int | None:
@@ -20,3 +22,17 @@ def move_cursor(user_id: int, conversation_id: int, seq: int, ack_type: str) -> 
     if ack_type == "read":
         moved = Member.update(read_seq=seq).where(where & (Member.read_seq < seq)).execute()
     return seq if moved else None
+
+
+def hide(user_id: int, msg_id: str) -> dict:
+    """Delete a message for ``user_id`` only: history, sync and offline messages leave it out for
+    them from now on (idempotent). Any member may, for any message of their conversations."""
+    message = Message.get_or_none(Message.msg_id == msg_id)
+    if message is None:
+        raise AppError(Code.MESSAGE_NOT_FOUND, field="target_msg_id")
+    try:
+        membership(message.conversation_id, user_id)
+    except AppError:
+        raise AppError(Code.MESSAGE_NOT_FOUND, field="target_msg_id") from None  # not theirs to know of
+    HiddenMessage.insert(user_id=user_id, message_id=message.id).on_conflict_ignore().execute()
+    return {"target_msg_id": msg_id, "conversation_id": message.conversation_id, "scope": "me"}

@@ -2,14 +2,20 @@
 conversation list (membership checked first)."""
 from __future__ import annotations
 
+import json
+
 import peewee as pw
 
+from common.chat.changes import quote
 from common.chat.members import membership
-from common.models import Conversation, ConversationMember as Member, Message
+from common.chat.rules import EVENTS
+from common.models import Conversation, ConversationMember as Member, HiddenMessage, Mention, Message, Reaction
 
 
-def message_view(message: Message, conv: Conversation) -> dict:
-    """The wire form of a message (push, sync, history)."""
+def message_view(message: Message, conv: Conversation, quotes: dict[str, Message] | None = None,
+                 reactions: dict[str, list[dict]] | None = None) -> dict:
+    """The wire form of a message (push, sync, history), in its current state. ``quotes``: the
+    messages replied to, by msg_id; ``reactions``: each message's reactions for the reader."""
     view = {"msg_id": message.msg_id, "conversation_id": message.conversation_id, "seq": message.seq,
             "from_user_id": message.sender_id, "content": message.content,
             "content_type": message.content_type, "server_ts": message.created_at}
@@ -18,6 +24,21 @@ def message_view(message: Message, conv: Conversation) -> dict:
     else:
         low, high = (int(x) for x in conv.private_key.split(":"))
         view["to_user_id"] = high if message.sender_id == low else low
+    # The optional parts only where they apply: most messages are plain.
+    if message.target_msg_id:
+        view["target_msg_id"] = message.target_msg_id
+    if message.reply_to_msg_id:
+        view["reply_to_msg_id"] = message.reply_to_msg_id
+        if quotes is not None:
+            view["reply_to"] = quote(quotes.get(message.reply_to_msg_id))
+    if message.mentions:
+        view["mentions"] = json.loads(message.mentions)
+    if message.edited_at:
+        view["edited_at"] = message.edited_at
+    if message.state:
+        view["state"] = message.state
+    if reactions and message.msg_id in reactions:
+        view["reactions"] = reactions[message.msg_id]
     return view
 
 
@@ -26,8 +47,26 @@ def ack_view(message: Message) -> dict:
             "seq": message.seq, "server_ts": message.created_at}
 
 
-def _views(messages, convs: dict[int, Conversation]) -> list[dict]:
-    return [message_view(m, convs[m.conversation_id]) for m in messages]
+def _views(messages, convs: dict[int, Conversation], user_id: int) -> list[dict]:
+    """The views of a page of messages for ``user_id``: without the ones they deleted for
+    themselves, with the quotes of replies and the reactions (one query each)."""
+    if not messages:
+        return []
+    hidden = {row.message_id for row in HiddenMessage.select(HiddenMessage.message_id).where(
+        (HiddenMessage.user_id == user_id) & HiddenMessage.message_id.in_([m.id for m in messages]))}
+    messages = [m for m in messages if m.id not in hidden]
+    replied = {m.reply_to_msg_id for m in messages if m.reply_to_msg_id}
+    quotes = {q.msg_id: q for q in Message.select().where(Message.msg_id.in_(list(replied)))} if replied else {}
+    reactions: dict[str, dict[str, dict]] = {}
+    plain = [m.msg_id for m in messages if m.content_type not in EVENTS]
+    if plain:
+        for msg_id, emoji, reactor in (Reaction.select(Reaction.msg_id, Reaction.emoji, Reaction.user_id)
+                                       .where(Reaction.msg_id.in_(plain)).order_by(Reaction.id).tuples()):
+            entry = reactions.setdefault(msg_id, {}).setdefault(emoji, {"emoji": emoji, "count": 0, "me": False})
+            entry["count"] += 1
+            entry["me"] = entry["me"] or reactor == user_id
+    summaries = {msg_id: list(by_emoji.values()) for msg_id, by_emoji in reactions.items()}
+    return [message_view(m, convs[m.conversation_id], quotes, summaries) for m in messages]
 
 
 def history(user_id: int, conversation_id: int, before_seq: int | None, limit: int) -> dict:
@@ -40,7 +79,7 @@ def history(user_id: int, conversation_id: int, before_seq: int | None, limit: i
     rows = list(query.order_by(Message.seq.desc()).limit(limit + 1))
     has_more = len(rows) > limit
     rows = sorted(rows[:limit], key=lambda m: m.seq)
-    return {"messages": _views(rows, {conv.id: conv}), "has_more": has_more}
+    return {"messages": _views(rows, {conv.id: conv}, user_id), "has_more": has_more}
 
 
 def sync(user_id: int, conversation_id: int, after_seq: int, limit: int) -> dict:
@@ -49,7 +88,7 @@ def sync(user_id: int, conversation_id: int, after_seq: int, limit: int) -> dict
     conv = Conversation.get_by_id(conversation_id)
     rows = list(Message.select().where((Message.conversation_id == conversation_id) & (Message.seq > after_seq))
                 .order_by(Message.seq).limit(limit + 1))
-    return {"conversation_id": conversation_id, "messages": _views(rows[:limit], {conv.id: conv}),
+    return {"conversation_id": conversation_id, "messages": _views(rows[:limit], {conv.id: conv}, user_id),
             "has_more": len(rows) > limit}
 
 
@@ -64,12 +103,13 @@ def offline(user_id: int, cursor: int, limit: int) -> dict:
                 .order_by(Message.id).limit(limit + 1))
     page = rows[:limit]
     convs = {c.id: c for c in Conversation.select().where(Conversation.id.in_({m.conversation_id for m in page}))}
-    return {"messages": _views(page, convs), "has_more": len(rows) > limit,
+    return {"messages": _views(page, convs, user_id), "has_more": len(rows) > limit,
             "next_cursor": page[-1].id if page else cursor}
 
 
 def conversations(user_id: int) -> list[dict]:
-    """The user's conversations with ``last_seq``, ``read_seq``, ``unread_count``, last message."""
+    """The user's conversations with ``last_seq``, ``read_seq``, ``unread_count``,
+    ``unread_mentions`` and the last message."""
     members = list(Member.select().where(Member.user_id == user_id))
     if not members:
         return []
@@ -78,6 +118,12 @@ def conversations(user_id: int) -> list[dict]:
     for m in Message.select().where(pw.Tuple(Message.conversation_id, Message.seq).in_(
             [(c.id, c.last_seq) for c in convs.values() if c.last_seq])):
         last[m.conversation_id] = m
+    # Mentions of this user (or of everyone: user 0) past their read cursor, per conversation.
+    mentions = dict(Mention.select(Mention.conversation_id, pw.fn.COUNT(Mention.id))
+                    .join(Member, on=(Member.conversation_id == Mention.conversation_id))
+                    .where((Member.user_id == user_id) & Mention.user_id.in_([user_id, 0])
+                           & (Mention.seq > Member.read_seq))
+                    .group_by(Mention.conversation_id).tuples())
     result = []
     for member in members:
         conv = convs[member.conversation_id]
@@ -85,6 +131,7 @@ def conversations(user_id: int) -> list[dict]:
                 "last_seq": conv.last_seq, "read_seq": member.read_seq,
                 "delivered_seq": member.delivered_seq,
                 "unread_count": max(conv.last_seq - member.read_seq, 0),
+                "unread_mentions": mentions.get(conv.id, 0),
                 "last_message": message_view(last[conv.id], conv) if conv.id in last else None}
         if conv.type == Conversation.PRIVATE:
             low, high = (int(x) for x in conv.private_key.split(":"))

@@ -15,10 +15,13 @@ from dataclasses import dataclass
 
 import peewee as pw
 
+from common.chat.changes import Changes, needs_checks
 from common.chat.members import pair_key, private_conversation
+from common.chat.reads import message_view
 from common.chat.rules import SYSTEM
+from common.config import ChatConfig
 from common.errors import AppError, Code
-from common.models import Conversation, ConversationMember as Member, Message, User, db, now_ms
+from common.models import Conversation, ConversationMember as Member, Mention, Message, Reaction, User, db, now_ms
 
 
 @dataclass(frozen=True)
@@ -26,43 +29,61 @@ class Stored:
     message: Message
     conversation: Conversation
     created: bool  # False: this msg_id was stored before (a resend or a redelivery)
+    quoted: Message | None = None  # the message a new reply quotes
+
+    def view(self) -> dict:
+        """The message's wire form, with its quote when it is a new reply."""
+        quotes = {self.quoted.msg_id: self.quoted} if self.quoted is not None else None
+        return message_view(self.message, self.conversation, quotes)
 
 
-def store_messages(sends: list[tuple[int, dict]]) -> list[Stored | AppError]:
+def store_messages(sends: list[tuple[int, dict]], rules: ChatConfig = ChatConfig()) -> list[Stored | AppError]:
     """Authorize and store a batch of validated sends ``(sender_id, fields)``, in order: the one
     store of every message (a single send is a batch of one).
 
     A fixed number of statements: the messages of a batch get consecutive seqs per conversation
     in one transaction, and each sender's read cursor moves to their own last message (what you
     sent is not unread for you). Each send gets its :class:`Stored` (``created`` False for a resend
-    of a stored msg_id: the same seq again) or its AppError (40002, 40003, 30001, 10002, 10006).
+    of a stored msg_id: the same seq again) or its AppError (40002, 40003, 30001, 10002, 10006, and
+    for what names other messages or users, common/chat/changes.py's). ``rules``: the
+    configuration's ``chat`` section (edit and recall windows).
     """
     results: list[Stored | AppError | None] = [None] * len(sends)
     convs = _send_conversations(sends, results)
     try:
         # Optimistic: almost every send is new, so no lookup first; the unique msg_id says if not.
-        return _store_batch(sends, convs, list(results), {})
+        return _store_batch(sends, convs, list(results), {}, rules)
     except pw.IntegrityError:
         # A resend or a redelivery (or a concurrent writer): nothing was stored. Again, knowing
         # which msg_ids are stored already.
         ids = [fields["msg_id"] for (_, fields), r in zip(sends, results) if r is None]
         known = {m.msg_id: m for m in Message.select().where(Message.msg_id.in_(ids))}
-        return _store_batch(sends, convs, results, known)
+        return _store_batch(sends, convs, results, known, rules)
 
 
-def _store_batch(sends, convs, results, known: dict[str, Message]) -> list[Stored | AppError]:
+def _store_batch(sends, convs, results, known: dict[str, Message],
+                 rules: ChatConfig = ChatConfig()) -> list[Stored | AppError]:
     new: list[Message] = []
+    checked = [(s, f, c) for (s, f), c, r in zip(sends, convs, results) if r is None and needs_checks(f)]
+    checks = Changes(rules, checked, known) if checked else None
     for i, ((sender_id, fields), conv) in enumerate(zip(sends, convs)):
         if results[i] is not None:
             continue
         existing = known.get(fields["msg_id"])
         if existing is None:
+            # Every column set, so that insert_many's rows all have the same keys.
             message = Message(msg_id=fields["msg_id"], conversation_id=conv.id, sender_id=sender_id,
                               content_type=fields["content_type"], content=fields["content"],
-                              created_at=now_ms())
+                              created_at=now_ms(), target_msg_id=fields.get("target_msg_id"),
+                              reply_to_msg_id=fields.get("reply_to_msg_id"), mentions=None,
+                              edited_at=None, state="")
+            refused = checks.check(message, fields, conv) if checks and needs_checks(fields) else None
+            if refused is not None:
+                results[i] = refused
+                continue
             known[message.msg_id] = message  # the same msg_id again in this batch is a resend
             new.append(message)
-            results[i] = Stored(message, conv, True)
+            results[i] = Stored(message, conv, True, checks.replied.get(message.msg_id) if checks else None)
         elif existing.sender_id != sender_id or existing.conversation_id != conv.id:
             results[i] = AppError(Code.CONFLICT, "msg_id already used for another message", field="msg_id")
         else:
@@ -89,7 +110,27 @@ def _store_batch(sends, convs, results, known: dict[str, Message]) -> list[Store
                                      for (c, u), seq in own.items()])
             (Member.update(read_seq=own_seq)
              .where(pw.Tuple(Member.conversation_id, Member.user_id).in_(list(own))).execute())
+            if checks is not None:
+                _write_changes(checks)
     return results
+
+
+def _write_changes(checks: Changes) -> None:
+    """What the batch's events did to earlier messages, in the transaction that stores them."""
+    for msg_id, columns in checks.updates.items():
+        Message.update(**columns).where(Message.msg_id == msg_id).execute()
+    if checks.wiped:  # a recalled or deleted message's text is gone from its edits too
+        (Message.update(content="").where(Message.target_msg_id.in_(list(checks.wiped))
+                                          & (Message.content_type == "edit")).execute())
+    if checks.reacted:
+        Reaction.insert_many([{"msg_id": m, "user_id": u, "emoji": e, "created_at": now_ms()}
+                              for m, u, e in checks.reacted]).on_conflict_ignore().execute()
+    for msg_id, user_id, emoji in checks.unreacted:
+        Reaction.delete().where((Reaction.msg_id == msg_id) & (Reaction.user_id == user_id)
+                                & (Reaction.emoji == emoji)).execute()
+    if checks.mentioned:
+        Mention.insert_many([{"conversation_id": m.conversation_id, "seq": m.seq, "user_id": u}
+                             for m, users in checks.mentioned for u in users]).on_conflict_ignore().execute()
 
 
 def store_system(conv: Conversation, actor_id: int, event: str, **details) -> Stored:

@@ -4,7 +4,7 @@ import pytest
 
 from common import accounts
 from common.config import DbConfig
-from common.models import MODELS, User, db, init_db
+from common.models import MODELS, Message, User, db, init_db
 from common.migrations import migrate
 
 
@@ -37,3 +37,27 @@ def test_case_duplicates_are_renamed_and_names_become_case_insensitive(old_sqlit
                {name: uid for uid, name in users.items()}
         with pytest.raises(pw.IntegrityError), db.atomic():
             User.create(username="BOB", username_key="bob", password_hash="x")
+
+
+def test_a_message_table_from_before_edits_and_replies_gains_their_columns(tmp_path):
+    """A database made before messages could be edited, recalled or replied to: migrate() adds the
+    columns (old rows keep their content, with no state), their index, and the new tables."""
+    init_db(DbConfig(engine="sqlite", path=str(tmp_path / "old.db"), host="", port=0, username="",
+                     password="", name="", max_connections=1))
+    try:
+        with db.connection_context():
+            db.execute_sql('CREATE TABLE "message" ("id" INTEGER NOT NULL PRIMARY KEY, "msg_id" VARCHAR(64) '
+                           'NOT NULL, "conversation_id" INTEGER NOT NULL, "seq" INTEGER NOT NULL, "sender_id" '
+                           'INTEGER NOT NULL, "content_type" VARCHAR(16) NOT NULL, "content" TEXT NOT NULL, '
+                           '"created_at" INTEGER NOT NULL)')
+            db.execute_sql('INSERT INTO "message" VALUES (1, \'m-1\', 7, 1, 3, \'text\', \'hello\', 5)')
+        migrate()
+        migrate()  # converges
+        with db.connection_context():
+            old = Message.get(Message.msg_id == "m-1")
+            assert (old.content, old.state, old.edited_at, old.target_msg_id) == ("hello", "", None, None)
+            assert any(i.columns == ["target_msg_id"] for i in db.get_indexes("message"))
+            assert {"mention", "reaction", "hidden_message"} <= set(db.get_tables())
+    finally:
+        db.close()
+        db.initialize(None)

@@ -43,4 +43,12 @@ def _seq_writers() -> set[str]:
 
 
 def test_messages_and_last_seq_are_written_in_one_place():
-    assert _seq_writers() == {"common.chat.store._store_batch"}
+    # _write_changes writes what a batch's events (edit, recall, ...) do to earlier messages, in
+    # _store_batch's transaction, and is called from nowhere else.
+    assert _seq_writers() == {"common.chat.store._store_batch", "common.chat.store._write_changes"}
+    callers = {f"{path.relative_to(REPO)}" for package in ("common", "functions", "gateway")
+               for path in (REPO / package).rglob("*.py") if "_write_changes(" in path.read_text()}
+    assert callers == {"common/chat/store.py"}
+    source = (REPO / "common" / "chat" / "store.py").read_text()
+    batch = source[source.index("def _store_batch("):source.index("def _write_changes(")]
+    assert source.count("_write_changes(") == 2 and "_write_changes(checks)" in batch

@@ -152,3 +152,22 @@ def test_a_send_whose_retries_are_exhausted_is_dead_lettered_and_its_sender_told
     [(channel, published)] = worker.redis.published
     assert channel == "t:gw:g1" and bus.decode(published) == protocol.push(["c1"], protocol.frame("error", {
         "code": 50006, "message": Code.RETRY_EXHAUSTED.message, "ref": "m-1"}))
+
+
+def test_an_edit_through_the_function_is_acknowledged_and_handed_to_delivery_as_an_event(ctx, users):
+    """On the local run's SQLite: the edit gets its own seq and ack, and deliver gets the event (the
+    target's new text and name) for the other devices; a recall by the other member is refused."""
+    alice, bob = users
+    send.handle(make_send_event(msg_id="m-1", sender_id=alice, to_user_id=bob), ctx)
+    outputs = send.handle(make_send_event(msg_id="e-1", sender_id=alice, to_user_id=bob, content="hello!",
+                                          content_type="edit", target_msg_id="m-1"), ctx)
+    deliver, ack = outputs
+    event = deliver.value["message"]
+    assert (event["seq"], event["content_type"], event["target_msg_id"], event["content"]) == (2, "edit", "m-1",
+                                                                                               "hello!")
+    assert pushed(ack)[1]["payload"]["seq"] == 2
+    assert Message.get(Message.msg_id == "m-1").content == "hello!"
+    [refusal] = send.handle(make_send_event(msg_id="r-1", sender_id=bob, to_user_id=alice, content="",
+                                            content_type="recall", target_msg_id="m-1"), ctx)
+    assert pushed(refusal)[1]["payload"]["code"] == Code.NOT_MESSAGE_SENDER
+    assert Message.get(Message.msg_id == "m-1").state == ""
