@@ -53,6 +53,13 @@ class Code(IntEnum):
     NOT_MESSAGE_SENDER = (40005, "only its sender may change this message", 403)
     CHANGE_WINDOW_PASSED = (40006, "the time to change this message has passed", 403)
     MESSAGE_GONE = (40007, "the message was recalled or deleted", 409)
+    GROUP_DISSOLVED = (40008, "the group was dissolved", 410)
+    MEMBER_MUTED = (40009, "a group admin muted you in this group", 403)
+    BLOCKED = (40010, "you cannot message this user", 403)
+
+    KAFKA_ERROR = (50001, "message pipeline error", 503)
+    UNMARSHAL_FAILED = (50002, "event could not be decoded", 400)
+    PERSIST_FAILED = (50003, "event could not be stored", 503)
     DELIVERY_FAILED = (50004, "event could not be delivered", 503)
     CONSUMER_GROUP_ERROR = (50005, "consumer group error", 503)
     RETRY_EXHAUSTED = (50006, "retries exhausted; event sent to the dead-letter queue", 503)

@@ -13,6 +13,9 @@ its change is already there, so running ``migrate()`` again is always safe.
   columns that name a message or an emoji compare byte for byte (a binary collation without
   trailing-space padding). The server's default collations are case-, accent- and
   trailing-space-insensitive, which merged distinct messages (and would merge distinct emoji).
+* :func:`search_index` (after): the full-text index message search uses (common/chat/search.py):
+  an InnoDB ``FULLTEXT`` index on MySQL/MariaDB; on SQLite an FTS5 table over ``message.content``
+  kept in step by triggers (filled from the existing rows when it is made).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ def migrate() -> list[str]:
         upgrade_existing(db)
         db.create_tables(MODELS, safe=True)
         exact_keys(db)
+        search_index(db)
     return [m._meta.table_name for m in MODELS]
 
 # Binary and NO PAD ("a" != "a "): MariaDB's name first, then MySQL 8's.
@@ -115,3 +119,30 @@ def exact_keys(database) -> None:
             database.execute_sql(f"ALTER TABLE `{table}` MODIFY `{column}` VARCHAR({length}) "
                                  f"CHARACTER SET utf8mb4 COLLATE {collation} {'NULL' if nullable else 'NOT NULL'}")
             logger.info("migration: %s.%s now compares byte for byte (%s)", table, column, collation)
+
+
+FULLTEXT_INDEX = "message_content_fulltext"
+SQLITE_FTS_SETUP = (
+    "CREATE VIRTUAL TABLE message_fts USING fts5(content, content='message', content_rowid='id')",
+    "INSERT INTO message_fts(message_fts) VALUES ('rebuild')",
+    "CREATE TRIGGER message_fts_insert AFTER INSERT ON message BEGIN "
+    "INSERT INTO message_fts(rowid, content) VALUES (new.id, new.content); END",
+    "CREATE TRIGGER message_fts_delete AFTER DELETE ON message BEGIN "
+    "INSERT INTO message_fts(message_fts, rowid, content) VALUES ('delete', old.id, old.content); END",
+    "CREATE TRIGGER message_fts_update AFTER UPDATE OF content ON message BEGIN "
+    "INSERT INTO message_fts(message_fts, rowid, content) VALUES ('delete', old.id, old.content); "
+    "INSERT INTO message_fts(rowid, content) VALUES (new.id, new.content); END",
+)
+
+
+def search_index(database) -> None:
+    database = _real(database)
+    if isinstance(database, pw.MySQLDatabase):
+        if not any(i.name == FULLTEXT_INDEX for i in database.get_indexes("message")):
+            database.execute_sql(f"ALTER TABLE `message` ADD FULLTEXT INDEX `{FULLTEXT_INDEX}` (`content`)")
+            logger.info("migration: message.content has a full-text index")
+    elif "message_fts" not in database.get_tables():
+        with database.atomic():
+            for statement in SQLITE_FTS_SETUP:
+                database.execute_sql(statement)
+        logger.info("migration: message_fts (FTS5) made over message.content")

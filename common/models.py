@@ -68,6 +68,9 @@ class Conversation(BaseModel):
     private_key = pw.CharField(max_length=48, null=True, unique=True)
     last_seq = pw.BigIntegerField(default=0)
     created_at = pw.BigIntegerField(default=now_ms)
+    topic = pw.CharField(max_length=256, default="")   # groups
+    avatar = pw.CharField(max_length=512, default="")  # groups
+    dissolved_at = pw.BigIntegerField(null=True)       # a dissolved group is read-only
 
 
 class ConversationMember(BaseModel):
@@ -82,6 +85,7 @@ class ConversationMember(BaseModel):
     delivered_seq = pw.BigIntegerField(default=0)
     read_seq = pw.BigIntegerField(default=0)
     joined_at = pw.BigIntegerField(default=now_ms)
+    muted_until = pw.BigIntegerField(default=0)  # a group admin muted this member: no sends until then
 
     class Meta:
         indexes = ((("conversation_id", "user_id"), True),)
@@ -150,6 +154,18 @@ class HiddenMessage(BaseModel):
         indexes = ((("user_id", "message_id"), True),)
 
 
+class Block(BaseModel):
+    """``user_id`` blocked ``blocked_id``: no private messages between them, no presence for them."""
+
+    id = pw.BigAutoField()
+    user_id = pw.BigIntegerField()
+    blocked_id = pw.BigIntegerField(index=True)
+    created_at = pw.BigIntegerField(default=now_ms)
+
+    class Meta:
+        indexes = ((("user_id", "blocked_id"), True),)
+
+
 class DeadLetter(BaseModel):
     """An event the pipeline gave up on, kept with its raw bytes for inspection and replay."""
 
@@ -182,7 +198,8 @@ class DeadLetter(BaseModel):
         return {row.code: row.n for row in query}
 
 
-MODELS = (User, Conversation, ConversationMember, Message, Mention, Reaction, HiddenMessage, DeadLetter)
+MODELS = (User, Conversation, ConversationMember, Message, Mention, Reaction, HiddenMessage, Block,
+          DeadLetter)
 
 
 class MySQLDatabase(ReconnectMixin, PooledMySQLDatabase):

@@ -9,19 +9,25 @@ the names below.
 - reads.py: the wire form of a message, history, sync, offline messages, the conversation list
 - cursors.py: each member's own: delivered and read cursors, messages deleted for oneself
 - groups.py: group administration, each change a ``system`` message in the seq stream
+- search.py: full-text message search in one's conversations (FULLTEXT on MariaDB, FTS5 on SQLite)
 
 Used by the send and deliver functions and by the gateway's read endpoints.
 """
-from common.chat.members import contact_ids, member_ids, members_of, membership, private_conversation
+from common.chat.members import (block, blocked_ids, contact_ids, member_ids, members_of, membership,
+                                 private_conversation)
 from common.chat.cursors import hide, move_cursor
-from common.chat.groups import MAX_GROUP, add_members, create_group, get_group, group_members, group_view, remove_member
-from common.chat.reads import ack_view, conversations, history, message_view, offline, sync
+from common.chat.groups import (MAX_GROUP, add_members, create_group, dissolve, get_group, group_members, group_view,
+                                mute_member, remove_member, set_role, transfer_ownership, update_group)
+from common.chat.reads import ack_view, conversations, history, message_view, offline, readers, sync
+from common.chat.search import search
 from common.chat.rules import (EVENTS, MAX_CONTENT, MAX_PAGE, SYSTEM, page_limit, route_key, seq_param, validate_change,
                                validate_event, validate_send)
 from common.chat.store import Stored, forget_cached_conversations, store_messages, store_system
 
-__all__ = ["EVENTS", "MAX_CONTENT", "MAX_GROUP", "MAX_PAGE", "SYSTEM", "Stored", "ack_view", "add_members", "contact_ids",
-           "conversations", "create_group", "forget_cached_conversations", "get_group", "group_members",
-           "group_view", "hide", "history", "member_ids", "members_of", "membership", "message_view", "move_cursor",
-           "offline", "page_limit", "private_conversation", "remove_member", "route_key", "seq_param", "store_messages",
-           "store_system", "sync", "validate_change", "validate_event", "validate_send"]
+__all__ = ["EVENTS", "MAX_CONTENT", "MAX_GROUP", "MAX_PAGE", "SYSTEM", "ack_view", "add_members", "block",
+           "blocked_ids", "contact_ids", "conversations", "create_group", "dissolve",
+           "forget_cached_conversations", "get_group", "group_members", "group_view", "hide", "history",
+           "member_ids", "members_of", "membership", "message_view", "move_cursor", "mute_member",
+           "offline", "page_limit", "private_conversation", "readers", "remove_member", "route_key", "search",
+           "seq_param", "set_role", "store_messages", "store_system", "Stored", "sync",
+           "transfer_ownership", "update_group", "validate_change", "validate_event", "validate_send"]

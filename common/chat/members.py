@@ -2,8 +2,10 @@
 (the authorization every read and write starts from), and the member lists delivery fans out to."""
 from __future__ import annotations
 
+import peewee as pw
+
 from common.errors import AppError, Code
-from common.models import Conversation, ConversationMember as Member, db
+from common.models import Block, Conversation, ConversationMember as Member, User, db
 
 
 def pair_key(user_a: int, user_b: int) -> str:
@@ -55,8 +57,38 @@ def members_of(conversation_ids) -> dict[int, list[int]]:
 
 
 def contact_ids(user_id: int) -> list[int]:
-    """Everyone who shares a conversation with ``user_id`` (who watches their presence)."""
+    """Everyone who shares a conversation with ``user_id`` and whom they have not blocked (who
+    watches their presence)."""
     mine = Member.select(Member.conversation_id).where(Member.user_id == user_id)
+    blocked = Block.select(Block.blocked_id).where(Block.user_id == user_id)
     query = (Member.select(Member.user_id).distinct()
-             .where(Member.conversation_id.in_(mine) & (Member.user_id != user_id)))
+             .where(Member.conversation_id.in_(mine) & (Member.user_id != user_id)
+                    & Member.user_id.not_in(blocked)))
     return [m.user_id for m in query]
+
+
+def blocked_pairs(pairs: set[tuple[int, int]]) -> set[tuple[int, int]]:
+    """The ``(sender, recipient)`` pairs of which either has blocked the other (one query)."""
+    if not pairs:
+        return set()
+    both = {p for a, b in pairs for p in ((a, b), (b, a))}
+    found = set(Block.select(Block.user_id, Block.blocked_id).where(
+        pw.Tuple(Block.user_id, Block.blocked_id).in_(list(both))).tuples())
+    return {(a, b) for a, b in pairs if (a, b) in found or (b, a) in found}
+
+
+def block(user_id: int, other_id: int, blocked: bool) -> dict:
+    """Block or unblock ``other_id`` for ``user_id`` (idempotent)."""
+    if other_id == user_id:
+        raise AppError(Code.INVALID_PARAMS, "you cannot block yourself", field="user_id")
+    if not User.select().where(User.id == other_id).exists():
+        raise AppError(Code.USER_NOT_FOUND)
+    if blocked:
+        Block.insert(user_id=user_id, blocked_id=other_id).on_conflict_ignore().execute()
+    else:
+        Block.delete().where((Block.user_id == user_id) & (Block.blocked_id == other_id)).execute()
+    return {"user_id": other_id, "blocked": blocked}
+
+
+def blocked_ids(user_id: int) -> list[int]:
+    return [b for (b,) in Block.select(Block.blocked_id).where(Block.user_id == user_id).order_by(Block.id).tuples()]

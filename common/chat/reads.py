@@ -9,6 +9,7 @@ import peewee as pw
 from common.chat.changes import quote
 from common.chat.members import membership
 from common.chat.rules import EVENTS
+from common.errors import AppError, Code
 from common.models import Conversation, ConversationMember as Member, HiddenMessage, Mention, Message, Reaction
 
 
@@ -69,6 +70,13 @@ def _views(messages, convs: dict[int, Conversation], user_id: int) -> list[dict]
     return [message_view(m, convs[m.conversation_id], quotes, summaries) for m in messages]
 
 
+def views(messages, user_id: int) -> list[dict]:
+    """The views of messages of any conversations (see :func:`_views`)."""
+    ids = {m.conversation_id for m in messages}
+    convs = {c.id: c for c in Conversation.select().where(Conversation.id.in_(ids))} if ids else {}
+    return _views(messages, convs, user_id)
+
+
 def history(user_id: int, conversation_id: int, before_seq: int | None, limit: int) -> dict:
     """Messages before ``before_seq`` (default: the newest), ascending, with ``has_more``."""
     membership(conversation_id, user_id)
@@ -102,8 +110,7 @@ def offline(user_id: int, cursor: int, limit: int) -> dict:
                 .where((Member.user_id == user_id) & (Message.seq > Member.delivered_seq) & (Message.id > cursor))
                 .order_by(Message.id).limit(limit + 1))
     page = rows[:limit]
-    convs = {c.id: c for c in Conversation.select().where(Conversation.id.in_({m.conversation_id for m in page}))}
-    return {"messages": _views(page, convs, user_id), "has_more": len(rows) > limit,
+    return {"messages": views(page, user_id), "has_more": len(rows) > limit,
             "next_cursor": page[-1].id if page else cursor}
 
 
@@ -124,6 +131,9 @@ def conversations(user_id: int) -> list[dict]:
                     .where((Member.user_id == user_id) & Mention.user_id.in_([user_id, 0])
                            & (Mention.seq > Member.read_seq))
                     .group_by(Mention.conversation_id).tuples())
+    private = [c.id for c in convs.values() if c.type == Conversation.PRIVATE]
+    peer_read = dict(Member.select(Member.conversation_id, Member.read_seq).where(
+        Member.conversation_id.in_(private) & (Member.user_id != user_id)).tuples()) if private else {}
     result = []
     for member in members:
         conv = convs[member.conversation_id]
@@ -136,8 +146,26 @@ def conversations(user_id: int) -> list[dict]:
         if conv.type == Conversation.PRIVATE:
             low, high = (int(x) for x in conv.private_key.split(":"))
             item["peer_id"] = high if user_id == low else low
+            item["peer_read_seq"] = peer_read.get(conv.id, 0)
         else:
             item["group_id"] = conv.id
         result.append(item)
     result.sort(key=lambda i: (i["last_message"] or {}).get("server_ts", 0), reverse=True)
     return result
+
+
+def readers(user_id: int, conversation_id: int, seq: int, limit: int, after_user: int = 0) -> dict:
+    """Who has read the message at ``seq``: the members other than its sender whose read cursor
+    has reached it, by user id, paged (``after_user``: the last ``user_id`` of the page before)."""
+    membership(conversation_id, user_id)
+    message = Message.get_or_none((Message.conversation_id == conversation_id) & (Message.seq == seq))
+    if message is None:
+        raise AppError(Code.MESSAGE_NOT_FOUND, field="seq")
+    rows = list(Member.select(Member.user_id, Member.read_seq).where(
+        (Member.conversation_id == conversation_id) & (Member.read_seq >= seq)
+        & (Member.user_id != message.sender_id) & (Member.user_id > after_user))
+        .order_by(Member.user_id).limit(limit + 1).tuples())
+    page = rows[:limit]
+    return {"conversation_id": conversation_id, "seq": seq,
+            "readers": [{"user_id": u, "read_seq": r} for u, r in page],
+            "has_more": len(rows) > limit, "next_after": page[-1][0] if page else after_user}

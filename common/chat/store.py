@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import peewee as pw
 
 from common.chat.changes import Changes, needs_checks
-from common.chat.members import pair_key, private_conversation
+from common.chat.members import blocked_pairs, pair_key, private_conversation
 from common.chat.reads import message_view
 from common.chat.rules import SYSTEM
 from common.config import ChatConfig
@@ -165,16 +165,19 @@ def _private_conversations(keys: set[str]) -> dict[str, Conversation]:
 
 def _send_conversations(sends, results) -> list[Conversation | None]:
     """The conversation of each send (one query per kind); errors go into ``results``."""
-    pairs = {pair_key(s, f["to_user_id"]) for s, f in sends if f["group_id"] is None}
-    by_key = _private_conversations(pairs)
+    pairs = {(s, f["to_user_id"]) for s, f in sends if f["group_id"] is None}
+    by_key = _private_conversations({pair_key(*pair) for pair in pairs})
+    blocked = blocked_pairs(pairs)
     group_ids = {f["group_id"] for _, f in sends if f["group_id"] is not None}
-    groups, members = {}, set()
+    groups, muted_until = {}, {}
     if group_ids:
         groups = {c.id: c for c in Conversation.select().where(
             Conversation.id.in_(group_ids) & (Conversation.type == Conversation.GROUP))}
         senders = {s for s, f in sends if f["group_id"] is not None}
-        members = set(Member.select(Member.conversation_id, Member.user_id).where(
-            Member.conversation_id.in_(list(groups) or [0]) & Member.user_id.in_(senders)).tuples())
+        muted_until = {(c, u): until for c, u, until in Member.select(
+            Member.conversation_id, Member.user_id, Member.muted_until).where(
+            Member.conversation_id.in_(list(groups) or [0]) & Member.user_id.in_(senders)).tuples()}
+    now = now_ms()
     convs: list[Conversation | None] = []
     for i, (sender_id, fields) in enumerate(sends):
         conv = None
@@ -184,9 +187,15 @@ def _send_conversations(sends, results) -> list[Conversation | None]:
                 conv = groups.get(group_id)
                 if conv is None:
                     raise AppError(Code.GROUP_NOT_FOUND)
-                if (group_id, sender_id) not in members:
+                if (group_id, sender_id) not in muted_until:
                     raise AppError(Code.NOT_GROUP_MEMBER)
+                if conv.dissolved_at:
+                    raise AppError(Code.GROUP_DISSOLVED)
+                if muted_until[group_id, sender_id] > now:
+                    raise AppError(Code.MEMBER_MUTED, f"muted until {muted_until[group_id, sender_id]}")
             else:
+                if (sender_id, to_user_id) in blocked:
+                    raise AppError(Code.BLOCKED)
                 conv = by_key.get(pair_key(sender_id, to_user_id))
                 if conv is None:  # a first message (or a bad recipient)
                     conv = _first_private(sender_id, to_user_id, fields["msg_id"])
