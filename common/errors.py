@@ -30,6 +30,10 @@ class Code(IntEnum):
     CONFLICT = (10006, "conflict", 409)
     TOO_MANY_REQUESTS = (10007, "too many requests", 429)
     TIMEOUT = (10008, "the request timed out; try again", 504)
+    METHOD_NOT_ALLOWED = (10009, "method not allowed", 405)
+    UPGRADE_REQUIRED = (10010, "this path is a WebSocket: send an upgrade request", 426)
+    PAYLOAD_TOO_LARGE = (10011, "the request body is too large", 413)
+    REQUEST_TIMEOUT = (10012, "the request body did not arrive in time", 408)
 
     DATABASE_ERROR = (20001, "database error", 503)
     CACHE_ERROR = (20002, "cache error", 503)
@@ -45,10 +49,6 @@ class Code(IntEnum):
     CONVERSATION_NOT_FOUND = (40001, "conversation not found", 404)
     GROUP_NOT_FOUND = (40002, "group not found", 404)
     NOT_GROUP_MEMBER = (40003, "not a member of this conversation", 403)
-
-    KAFKA_ERROR = (50001, "message pipeline error", 503)
-    UNMARSHAL_FAILED = (50002, "event could not be decoded", 400)
-    PERSIST_FAILED = (50003, "event could not be stored", 503)
     MESSAGE_NOT_FOUND = (40004, "no such message in this conversation", 404)
     NOT_MESSAGE_SENDER = (40005, "only its sender may change this message", 403)
     CHANGE_WINDOW_PASSED = (40006, "the time to change this message has passed", 403)
