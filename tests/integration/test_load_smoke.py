@@ -13,7 +13,7 @@ from tests.load import procstats
 def test_chat_load_tool_smoke(gw1, tmp_path):
     out = tmp_path / "load.json"
     done = subprocess.run([sys.executable, "-m", "tests.load.chat_load", "--url", gw1.base, "--pairs", "2",
-                           "--rate", "40", "--duration", "1", "--out", str(out)],
+                           "--rate", "40", "--duration", "1", "--out", str(out), "--read-every", "1"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     print(done.stdout)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -21,6 +21,12 @@ def test_chat_load_tool_smoke(gw1, tmp_path):
     assert result["sent"] == result["delivered"] == 40
     assert result["lost"] == 0 and result["sync_problems"] == 0 and result["errors"] == 0
     assert 0 < result["e2e_ms"]["p50"] <= result["e2e_ms"]["p99"]
+    # The operation history (tests/load/history.py) holds every send, ack, push, receipt and the final
+    # reads, and its checker finds nothing wrong.
+    checker = result["checker"]
+    assert checker["ok"], checker
+    assert checker["stats"]["acked"] == 40 and checker["stats"]["conversations_read"] == 2, checker
+    assert checker["stats"]["receipts"] > 0, checker
     processes = result["processes"]
     assert processes["gw-master"]["pids"] == [gw1.proc.popen.pid], processes  # the gateway under load
     # Both did work for 40 messages: a zero means the tool measured the wrong processes.

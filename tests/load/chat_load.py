@@ -34,7 +34,7 @@ import gevent  # noqa: E402
 import simple_websocket  # noqa: E402
 
 from tests import wsclient  # noqa: E402
-from tests.load import procstats  # noqa: E402
+from tests.load import history as history_mod, procstats  # noqa: E402
 from tests.load.stats import percentiles  # noqa: E402
 from tests.load.users import register_users  # noqa: E402
 
@@ -48,15 +48,22 @@ def next_frame(ws, timeout: float, what: str) -> dict:
 
 
 class Peer:
-    """One user with one socket; its reader records acks and received messages."""
+    """One user with one socket; its reader records acks and received messages, and every
+    operation in ``history`` (tests/load/history.py). It marks every ``read_every``-th message it
+    receives as read, so that its peer's receipts (read cursors) are in the history too."""
 
-    def __init__(self, ws_url: str, user_id: int, token: str, acks: dict, received: dict):
+    def __init__(self, ws_url: str, user_id: int, token: str, acks: dict, received: dict,
+                 history: history_mod.History | None = None, read_every: int = 4):
         self.user_id, self.token, self.ws_url = user_id, token, ws_url
         self.acks, self.received = acks, received
+        self.history = history or history_mod.History()
+        self.read_every = read_every
         self.duplicates = 0  # pushes of a msg_id this peer already had (allowed: at-least-once)
+        self.pushes = 0
         self.ws = wsclient.connect(f"{ws_url}?token={token}")
         first = next_frame(self.ws, 10, "auth_ok")
         assert first["type"] == "auth_ok", first
+        self.conn = first["payload"].get("conn_id") or f"u{user_id}"
         self.errors: list[dict] = []
         self.reader = gevent.spawn(self._read)
 
@@ -68,17 +75,28 @@ class Peer:
                 frame = json.loads(text)
                 kind, payload = frame["type"], frame["payload"]
                 if kind == "message_ack":
+                    self.history.ack(self.conn, payload["msg_id"], payload["conversation_id"], payload["seq"])
                     self.acks.setdefault(payload["msg_id"], (now, payload["seq"], payload["conversation_id"]))
                 elif kind == "message":
+                    self.history.push(self.conn, payload["msg_id"], payload["conversation_id"], payload["seq"])
                     if (self.user_id, payload["msg_id"]) in self.received:
                         self.duplicates += 1
                     self.received.setdefault((self.user_id, payload["msg_id"]), now)
+                    self.pushes += 1
+                    if self.read_every and self.pushes % self.read_every == 0:
+                        self.ws.send(json.dumps({"type": "ack", "payload": {
+                            "conversation_id": payload["conversation_id"], "seq": payload["seq"],
+                            "ack_type": "read"}}))
+                elif kind == "receipt":
+                    self.history.receipt(self.conn, payload["conversation_id"], payload["user_id"], payload["seq"])
                 elif kind == "error":
+                    self.history.error(self.conn, payload.get("ref"), payload.get("code"))
                     self.errors.append(payload)
         except (simple_websocket.ConnectionClosed, TypeError):
             return
 
     def send(self, msg_id: str, to_user_id: int, content: str) -> None:
+        self.history.send(self.conn, msg_id)
         self.ws.send(json.dumps({"type": "send", "payload": {"msg_id": msg_id, "to_user_id": to_user_id,
                                                              "content": content}}))
 
@@ -90,10 +108,12 @@ class Peer:
             pass
 
 
-def sync_all(ws_url: str, token: str, conversation_id: int) -> list[dict]:
-    """Every message of a conversation, paged through ``sync`` on a fresh connection."""
+def sync_all(ws_url: str, token: str, conversation_id: int,
+             history: history_mod.History | None = None) -> list[dict]:
+    """Every message of a conversation, paged through ``sync`` on a fresh connection (recorded in
+    ``history`` as one complete read)."""
     ws = wsclient.connect(f"{ws_url}?token={token}")
-    next_frame(ws, 10, "auth_ok")
+    conn = next_frame(ws, 10, "auth_ok")["payload"].get("conn_id", "sync")
     messages, after = [], 0
     while True:
         ws.send(json.dumps({"type": "sync", "payload": {"conversation_id": conversation_id,
@@ -108,6 +128,8 @@ def sync_all(ws_url: str, token: str, conversation_id: int) -> list[dict]:
             break
         after = page["messages"][-1]["seq"]
     ws.close()
+    if history is not None:
+        history.sync(conn, conversation_id, 0, [(m["seq"], m["msg_id"]) for m in messages], complete=True)
     return messages
 
 
@@ -146,12 +168,14 @@ def write_plot(path: Path, samples: list[tuple], title: str) -> bool:
 
 
 def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False,
-        plot: Path | None = None, drain: float = 30) -> dict:
+        plot: Path | None = None, drain: float = 30, history_path: Path | None = None,
+        read_every: int = 4) -> dict:
     ws_url = url.replace("http://", "ws://") + "/ws"
     users = register_users(url, 2 * pairs, "load")
     acks: dict = {}
     received: dict = {}
-    peers = [Peer(ws_url, uid, token, acks, received) for uid, token in users]
+    history = history_mod.History()
+    peers = [Peer(ws_url, uid, token, acks, received, history, read_every) for uid, token in users]
     routes = [(peers[2 * i], peers[2 * i + 1]) for i in range(pairs)]
     routes += [(b, a) for a, b in routes]
     sent: dict[str, tuple[float, int]] = {}  # msg_id → (send time, recipient)
@@ -209,7 +233,7 @@ def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False,
     for conversation_id, expected in by_conversation.items():
         recipient = sent[next(iter(expected))][1]
         try:
-            messages = sync_all(ws_url, tokens[recipient], conversation_id)
+            messages = sync_all(ws_url, tokens[recipient], conversation_id, history)
         except (TimeoutError, simple_websocket.ConnectionClosed) as exc:
             print(f"sync of conversation {conversation_id} failed: {exc!r}", file=sys.stderr)
             sync_problems += 1
@@ -233,7 +257,13 @@ def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False,
         "processes_scope": sampler.scope,
         "processes": sampler.report(),
         "timeline": timeline([t - started for t, _ in sent.values()], samples),
+        # The operation history's verdict (tests/load/history.py): what the checks above count,
+        # and conflicts, phantoms and read cursors besides.
+        "checker": history_mod.check(history.ops).summary(),
     }
+    if history_path is not None:
+        history.write(history_path)
+        result["history"] = str(history_path)
     if plot is not None:
         title = (f"chat_load: {pairs} pairs, {rate:g} msg/s for {duration:g} s; sent {len(sent)}, "
                  f"lost {result['lost']}; e2e p50 {result['e2e_ms'].get('p50')} ms, p99 {result['e2e_ms'].get('p99')} ms")
@@ -259,19 +289,24 @@ def main() -> None:
     parser.add_argument("--drain", type=float, default=30,
                         help="seconds to wait after sending for the last acks and messages")
     parser.add_argument("--plot", help="latency plot PNG (default: --out with .png; '' for none)")
+    parser.add_argument("--history", help="write the operation history here (JSON lines; tests/load/history.py)")
+    parser.add_argument("--read-every", type=int, default=4,
+                        help="mark every Nth received message read (its sender gets a receipt); 0: none")
     args = parser.parse_args()
     if not (1 <= args.pairs <= 5000 and 0 < args.rate <= 20000 and 0 < args.duration <= 600
             and 0 <= args.drain <= 600):
         parser.error("pairs 1-5000, rate up to 20000/s, duration and drain up to 600 s")
     out = Path(args.out)
     plot = out.with_suffix(".png") if args.plot is None else (Path(args.plot) if args.plot else None)
-    result = run(args.url, args.pairs, args.rate, args.duration, plot=plot, drain=args.drain)
+    result = run(args.url, args.pairs, args.rate, args.duration, plot=plot, drain=args.drain,
+                 history_path=Path(args.history) if args.history else None, read_every=args.read_every)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k not in ("processes", "timeline")}, indent=2))
     print_processes(result["processes"], result["run_s"])
     print(f"timeline: {len(result['timeline'])} seconds; results written to {out}")
-    os._exit(0 if result["lost"] == 0 and result["sync_problems"] == 0 else 1)
+    print(f"history checker: {json.dumps(result['checker'])}")
+    os._exit(0 if result["lost"] == 0 and result["sync_problems"] == 0 and result["checker"]["ok"] else 1)
 
 
 if __name__ == "__main__":
