@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 # The one list of functions, in a fixed order (probe ports follow it: functions/__main__.py). Each
 # consumes the topic of its own name as the consumer group of its own name (Config.group), so the
 # topics every deployment has are exactly these; functions.FUNCTIONS is this tuple.
-FUNCTIONS = ("register", "login", "send", "deliver", "retry", "dlq")
+FUNCTIONS = ("register", "login", "send", "deliver", "retry", "dlq", "notify")
 TOPICS = FUNCTIONS
 # Auth requests carry passwords: keep them in the log no longer than retries can need them.
 _TOPIC_CONFIGS = {"register": {"retention.ms": "3600000"}, "login": {"retention.ms": "3600000"}}

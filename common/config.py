@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import uuid
 from dataclasses import dataclass
@@ -127,6 +128,13 @@ def _networks(raw: Any, key: str) -> tuple:
         raise ConfigError(f"{key}: {exc}") from None
 
 
+def _webhook(raw: Any, key: str) -> str:
+    url = _str(raw, key).strip()
+    if url and not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", url):
+        raise ConfigError(f"{key}: expected an http:// or https:// URL, got {url!r}")
+    return url
+
+
 def _brokers(raw: Any, key: str) -> tuple[str, ...]:
     items = raw if isinstance(raw, list) else str(raw).split(",")
     brokers = tuple(str(item).strip() for item in items if str(item).strip())
@@ -164,7 +172,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("app.function_port", "FUNCTION_PORT", 0, _int(0, 65535),
             "A function worker's probe port (`/healthz`, `/readyz`, `/metrics`) on `app.host`; "
             "0: off. `python -m functions all` gives each function this port + its place in "
-            "`functions.FUNCTIONS` (register +0 … dlq +5)"),
+            "`functions.FUNCTIONS` (register +0 … notify +6)"),
     Setting("app.allowed_origins", "ALLOWED_ORIGINS", "", _origins,
             "Web origins (comma-separated `scheme://host[:port]`, or `*`) whose pages may open "
             "`/ws`; empty: the gateway's own origin only. A client without an `Origin` header is not checked"),
@@ -219,6 +227,13 @@ SETTINGS: tuple[Setting, ...] = (
             "How long after sending it a message's sender may recall it (seconds; 0: never)"),
     Setting("chat.max_group_members", "MAX_GROUP_MEMBERS", 2000, _int(2, 100_000),
             "Members a group may have, its owner included"),
+    Setting("notify.webhook_url", "NOTIFY_WEBHOOK_URL", "", _webhook,
+            "Where the notify function posts push notifications for offline recipients (a push gateway "
+            "for FCM/APNs, a bot): `http(s)://…`; empty: no notifications (deliver emits none)"),
+    Setting("notify.previews", "NOTIFY_PREVIEWS", False, _bool,
+            "Put the first 100 characters of a message in its notification (off: who wrote where only)"),
+    Setting("notify.timeout_ms", "NOTIFY_TIMEOUT_MS", 3000, _int(100, 60_000),
+            "How long the notify function waits for the webhook before retrying the notification"),
     Setting("ratelimit.enabled", "RATE_LIMIT_ENABLED", True, _bool,
             "Refuse requests over the limits below with 429 / an `error` frame, code 10007 and a retry "
             "hint (docs/SECURITY.md). A limit is `count/period` (`10/1m`: a burst of 10, then one "
@@ -316,6 +331,13 @@ class ChatConfig:
 
 
 @dataclass(frozen=True)
+class NotifyConfig:
+    webhook_url: str = ""
+    previews: bool = False
+    timeout_ms: int = 3000
+
+
+@dataclass(frozen=True)
 class RateLimitConfig:
     """Each limit is a common.ratelimit.Rate, or None (not limited)."""
 
@@ -349,6 +371,7 @@ class Config:
     auth: AuthConfig
     ratelimit: RateLimitConfig
     chat: ChatConfig = ChatConfig()
+    notify: NotifyConfig = NotifyConfig()
     source: str = ""  # the YAML file that was read, for start-up logs
 
     @property
@@ -369,7 +392,8 @@ class Config:
 
 
 _SECTIONS = {"app": AppConfig, "db": DbConfig, "redis": RedisConfig, "kafka": KafkaConfig,
-             "jwt": JwtConfig, "auth": AuthConfig, "ratelimit": RateLimitConfig, "chat": ChatConfig}
+             "jwt": JwtConfig, "auth": AuthConfig, "ratelimit": RateLimitConfig, "chat": ChatConfig,
+             "notify": NotifyConfig}
 
 
 def _read_yaml(path: Path) -> dict:

@@ -60,17 +60,16 @@ class Code(IntEnum):
     KAFKA_ERROR = (50001, "message pipeline error", 503)
     UNMARSHAL_FAILED = (50002, "event could not be decoded", 400)
     PERSIST_FAILED = (50003, "event could not be stored", 503)
-    DELIVERY_FAILED = (50004, "event could not be delivered", 503)
+    DELIVERY_FAILED = (50004, "event could not be delivered (the notification webhook did not take it)", 503)
     CONSUMER_GROUP_ERROR = (50005, "consumer group error", 503)
     RETRY_EXHAUSTED = (50006, "retries exhausted; event sent to the dead-letter queue", 503)
     DLQ_SEND_FAILED = (50007, "dead-letter hand-off failed", 503)
     PRODUCER_ERROR = (50008, "message pipeline unavailable", 503)
 
 
-# Kept from the table of the system PingMe replaced, so their numbers are never reused, but never
-# sent: a storage failure is 20001 (50006 once its retries are exhausted) and a push that fails is
-# not an error (clients catch up by sync). docs/PROTOCOL.md marks them reserved.
-RESERVED = frozenset({Code.PERSIST_FAILED, Code.DELIVERY_FAILED})
+# Kept from the table of the system PingMe replaced, so its number is never reused, but never sent:
+# a storage failure is 20001 (50006 once its retries are exhausted). docs/PROTOCOL.md marks it reserved.
+RESERVED = frozenset({Code.PERSIST_FAILED})
 
 class AppError(Exception):
     """A failure with a code from the table, safe to show to a client.

@@ -86,6 +86,7 @@ class ConversationMember(BaseModel):
     read_seq = pw.BigIntegerField(default=0)
     joined_at = pw.BigIntegerField(default=now_ms)
     muted_until = pw.BigIntegerField(default=0)  # a group admin muted this member: no sends until then
+    notifications_muted = pw.BooleanField(default=False)  # the member muted the conversation: no push
 
     class Meta:
         indexes = ((("conversation_id", "user_id"), True),)

@@ -10,6 +10,8 @@ Input: topic ``<ns>.deliver``, key = conversation id (or user id for presence). 
 Output: on each gateway's channel, a ``push`` of the frame (common/protocol.py) to its connections,
 the frame JSON-encoded once for all its recipients. Nothing is
 broadcast to gateways without recipients. Push is a hint: clients that miss it catch up by seq sync.
+With ``notify.webhook_url`` set, a message with recipients who have no live connection (its sender
+aside) also goes to ``<ns>.notify`` for them (functions/notify.py), key = conversation id.
 A poll's events share one membership query (none for private messages: the message names both
 members) and one presence lookup (``handle_batch``).
 Idempotency: a redelivered event pushes the same frame again (clients dedupe by msg_id / seq);
@@ -18,7 +20,7 @@ database outages are retried.
 """
 from common import bus, chat, presence, protocol
 from common.errors import AppError, Code
-from functions.api import Invalid, Publish, Spec
+from functions.api import Emit, Invalid, Publish, Spec
 
 SPEC = Spec(max_records=500)
 
@@ -82,17 +84,35 @@ def apply(e: dict, members: dict[int, list[int]] | None = None) -> Plan:
     raise Invalid(Code.UNMARSHAL_FAILED, f"unknown deliver kind {kind!r}")
 
 
-def pushes(plans: list[Plan], ctx) -> list[list[Publish]]:
-    """The publishes of each plan, with one presence lookup for all their recipients."""
+def pushes(plans: list[Plan], ctx) -> list[list[Publish | Emit]]:
+    """The publishes of each plan, with one presence lookup for all their recipients; and for a
+    message, a notify event for its recipients with no live connection (when notifications are on)."""
     everyone = [user_id for recipients, _, _ in plans for user_id in recipients]
     online = presence.lookup(ctx.redis, ctx.config, everyone, ctx.now_ms()) if everyone else {}
     results = []
     for recipients, frame, skip_conn in plans:
         connections = {u: online[u] for u in recipients if u in online}
         text = protocol.frame(*frame) if connections else ""
-        results.append([Publish(bus.gateway_channel(ctx.config, gateway_id), protocol.push(conns, text))
-                        for gateway_id, conns in presence.group_by_gateway(connections, skip_conn).items()])
+        outputs = [Publish(bus.gateway_channel(ctx.config, gateway_id), protocol.push(conns, text))
+                   for gateway_id, conns in presence.group_by_gateway(connections, skip_conn).items()]
+        if frame is not None and frame[0] == "message" and ctx.config.notify.webhook_url:
+            outputs += _notify(frame[1], [u for u in recipients if u not in online], ctx)
+        results.append(outputs)
     return results
+
+
+def _notify(message: dict, offline: list[int], ctx) -> list[Emit]:
+    """The notify event of a message for its offline recipients (not its sender; not for system
+    messages or the events that change a message)."""
+    offline = [u for u in dict.fromkeys(offline) if u != message.get("from_user_id")]
+    if not offline or message.get("content_type") in (chat.SYSTEM, *chat.EVENTS):
+        return []
+    event = {k: message.get(k) for k in ("msg_id", "conversation_id", "seq", "from_user_id", "group_id")
+             if message.get(k) is not None}
+    event["recipients"] = offline
+    if ctx.config.notify.previews:
+        event["preview"] = message.get("content", "")[:100]
+    return [Emit(ctx.topic("notify"), event, key=str(message["conversation_id"]))]
 
 
 def handle(event, ctx):

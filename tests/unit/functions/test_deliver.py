@@ -1,14 +1,16 @@
 """deliver by name: a deliver event in, one push per gateway holding a recipient out (and a read
 cursor moved for an ack)."""
+import dataclasses
 import json
 
 import pytest
 
 from common import chat, presence
+from common.config import NotifyConfig
 from common.errors import Code
 from common.models import ConversationMember
 from functions import deliver
-from functions.api import Invalid, Publish
+from functions.api import Emit, Invalid, Publish
 from tests.unit.functions.conftest import NOW, make_event, make_user
 
 
@@ -76,3 +78,23 @@ def test_a_batch_shares_its_lookups_and_leaves_an_invalid_event_to_handle(ctx, c
     with pytest.raises(Invalid) as raised:
         deliver.handle(events[1], ctx)
     assert raised.value.code == Code.UNMARSHAL_FAILED
+
+
+def test_a_message_for_an_offline_recipient_goes_to_notify_and_none_for_an_online_one(ctx, chat_of_two):
+    alice, bob, message = chat_of_two
+    event = make_deliver_event(kind="message", message=message, origin_conn="a1")
+    assert not [o for o in deliver.handle(event, ctx) if not isinstance(o, Publish)]  # notifications off
+    ctx.config = dataclasses.replace(ctx.config, notify=NotifyConfig(webhook_url="http://127.0.0.1:9/hook"))
+    [notify] = [o for o in deliver.handle(event, ctx) if isinstance(o, Emit)]  # bob (and alice) offline
+    assert (notify.topic, notify.key) == ("t.notify", str(message["conversation_id"]))
+    assert notify.value == {"msg_id": "m-1", "conversation_id": message["conversation_id"], "seq": 1,
+                            "from_user_id": alice, "recipients": [bob]}  # never its sender; no preview
+    online(ctx, bob, "b1", "g2")
+    assert not [o for o in deliver.handle(event, ctx) if isinstance(o, Emit)]
+
+
+def test_a_notification_preview_only_when_the_deployment_enables_it(ctx, chat_of_two):
+    alice, bob, message = chat_of_two
+    ctx.config = dataclasses.replace(ctx.config, notify=NotifyConfig(webhook_url="http://x.test/h", previews=True))
+    [notify] = deliver.handle(make_deliver_event(kind="message", message=message), ctx)
+    assert notify.value["preview"] == "hi"
