@@ -8,7 +8,8 @@ the gateway, deliver, send — builds it here, so a frame type that is not in th
 written.
 
 A function reaches sockets with :func:`push` on the gateway's channel; it answers a waiting HTTP
-request with common/rpc.py's reply. Those are the only two kinds of message on the channel.
+request with common/rpc.py's reply. A gateway that revoked a user's tokens tells the others with
+:func:`revoke`. Those are the only kinds of message on the channel.
 """
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ SERVER_FRAMES = ("auth_ok", "auth_fail", "pong", "message_ack", "message", "rece
 # Close codes (RFC 6455 and the 4xxx range applications own).
 CLOSE_AUTH_FAILED = 4001   # the token was refused (auth_fail says why)
 CLOSE_AUTH_TIMEOUT = 4002  # no auth frame in time
+# The socket's token was revoked (logout, logout everywhere, password change, a reused refresh
+# token): log in (or refresh) again before reconnecting; a reconnect with the same token is refused.
+CLOSE_TOKEN_REVOKED = 4003
+REVOKED_REASON = "token revoked; log in again"
 # "Unexpected condition": a server error (logged); reconnect as for 1013.
 CLOSE_SERVER_ERROR = 1011
 # "Service Restart": this gateway is shutting down (SIGTERM). Reconnect, maybe to another gateway,
@@ -49,6 +54,12 @@ def error(exc: AppError, ref) -> str:
 
 def auth_fail(exc: AppError) -> str:
     return frame("auth_fail", exc.to_dict())
+
+
+def revoke(user_id: int) -> dict:
+    """The channel message that makes a gateway re-check the tokens of a user's sockets and close
+    those revoked (common/sessions.py) with :data:`CLOSE_TOKEN_REVOKED`."""
+    return {"type": "revoke", "user_id": user_id}
 
 
 def push(conns: list[str], text: str) -> dict:

@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-import redis
+from common.errors import AppError, Code
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,21 @@ class Decision:
 
 ALLOWED = Decision(True)
 
+
+class RateLimited(AppError):
+    """10007 with the retry hint: ``retry_after_ms`` in the body or frame (``Retry-After`` in
+    seconds on HTTP)."""
+
+    def __init__(self, decision: Decision):
+        self.rule = decision.rule
+        self.retry_after_ms = decision.retry_after_ms
+        self.retry_after_s = decision.retry_after_s
+        super().__init__(Code.TOO_MANY_REQUESTS, f"too many requests ({decision.rule}); "
+                                                 f"retry in {decision.retry_after_s} s")
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "retry_after_ms": self.retry_after_ms}
+
 # KEYS: one per limit; ARGV: (period_ms, count) per key. Returns {index of the refusing key (1-based;
 # 0 = allowed), retry_after_ms}. Time is Redis' own (every gateway shares it); Redis 7 replicates the
 # script's effects, so TIME before a write is allowed.
@@ -131,6 +146,12 @@ class Limiter:
     def key(self, rule: str, key: object) -> str:
         return f"{self.namespace}:rl:{rule}:{key}"
 
+    def enforce(self, *hits: tuple[str, object]) -> None:
+        """:meth:`check`, raising :class:`RateLimited` when refused."""
+        decision = self.check(*hits)
+        if not decision.allowed:
+            raise RateLimited(decision)
+
     def check(self, *hits: tuple[str, object]) -> Decision:
         """Charge one request to each ``(rule, key)``, all or none; unknown rules are skipped."""
         hits = [(rule, key) for rule, key in hits if rule in self.rules and key not in (None, "")]
@@ -140,6 +161,9 @@ class Limiter:
         for rule, _ in hits:
             rate = self.rules[rule]
             args += [rate.period_ms, rate.count]
+        import redis  # here, not at the top: common.config imports this module in gunicorn's master,
+        # which must not import redis (and its ssl) before the gevent worker has patched
+
         try:
             refused, retry_ms = self._script(keys=[self.key(rule, key) for rule, key in hits], args=args)
         except redis.RedisError as exc:

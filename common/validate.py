@@ -13,7 +13,7 @@ Every refusal is ``AppError(10002, message, field=name)``: a 400 over HTTP, an `
 socket; never a 500, a dead letter or a silent close. Decisions: a missing or ``null`` optional
 field is absent; an empty string is absent only where :func:`text` is told ``empty_is_absent``;
 ids are positive (``0`` is refused); a list of ids may be empty where the caller allows it, holds
-integers only and no duplicates.
+integers only, and a repeated id counts once.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from common.errors import AppError, Code
 INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 MAX_BODY_BYTES = 64 * 1024   # an HTTP body or a WebSocket frame
 MAX_DEPTH = 8                # {"payload": {"member_ids": [1]}} is 3 deep
+MAX_IDS = 10_000             # ids in one list (a group's new members)
 USERNAME = re.compile(r"[A-Za-z0-9_.-]{3,32}")
 USERNAME_RULE = "username must be 3-32 letters, digits, '_', '.' or '-'"
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
@@ -130,8 +131,8 @@ def integer(body: dict, name: str, *, required: bool = True, minimum: int = 1,
     return value
 
 
-def id_list(body: dict, name: str, *, max_items: int, allow_empty: bool = True) -> list[int]:
-    """A list of distinct positive integer ids (order kept)."""
+def id_list(body: dict, name: str, *, max_items: int = MAX_IDS, allow_empty: bool = True) -> list[int]:
+    """A list of positive integer ids, each once (a repeated id is dropped; order kept)."""
     value = body.get(name)
     if value is None:
         value = []
@@ -144,9 +145,7 @@ def id_list(body: dict, name: str, *, max_items: int, allow_empty: bool = True) 
     for item in value:
         if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= INT64_MAX:
             raise invalid(f"{name} must hold positive integer ids only", name)
-    if len(set(value)) != len(value):
-        raise invalid(f"{name} holds an id twice", name)
-    return list(value)
+    return list(dict.fromkeys(value))
 
 
 def text(body: dict, name: str, *, required: bool = True, max_len: int, min_len: int = 1,

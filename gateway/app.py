@@ -24,11 +24,12 @@ from queue import Empty
 from flask import Flask, g, request
 from kafka.errors import KafkaError, KafkaTimeoutError
 
-from common import bus, checks, config as config_mod, logs, rpc
+from common import bus, checks, config as config_mod, logs, rpc, validate
 from common.config import Config
 from common.errors import AppError, Code
 from common.models import init_db, now_ms
 from common.protocol import CLOSE_SERVICE_RESTART, RESTART_REASON
+from common.ratelimit import Limiter
 from gateway import http, metrics, ws
 from gateway.inbox import Inbox
 
@@ -45,6 +46,9 @@ class Gateway:
         self.cfg = cfg
         self.producer = producer
         self.redis = redis_client
+        # Rate limits shared with every other gateway (common/ratelimit.py, config ratelimit.*).
+        self.limiter = Limiter(redis_client, cfg.app.namespace, cfg.ratelimit.rules(), cfg.ratelimit.enabled,
+                               on_error=lambda _exc: metrics.RATE_LIMIT_ERRORS.inc())
         self.inbox = inbox
         self.hub = ws.Hub(self)
         metrics.WS_CONNECTIONS.set_function(lambda: len(self.hub.conns))
@@ -118,11 +122,13 @@ class Gateway:
         finally:
             self.inbox.forget(request_id)
 
-    def call(self, function: str, body: dict):
-        """Ask a request/reply function (register, login); its result or its AppError."""
+    def call(self, function: str, body: dict, **envelope):
+        """Ask a request/reply function (register, login); its result or its AppError. ``envelope``
+        fields travel beside the client's body (the login function's ``op`` and the authenticated
+        ``user_id`` of a password change), so a client cannot set them."""
         # The function must commit by the deadline; the margin is for its reply to reach us.
         deadline = now_ms() + self.cfg.kafka.request_timeout_ms - rpc.REPLY_MARGIN_MS
-        reply = self.request(function, {"deadline_ms": deadline, "body": body}, uuid.uuid4().hex)
+        reply = self.request(function, {**envelope, "deadline_ms": deadline, "body": body}, uuid.uuid4().hex)
         return rpc.result(reply)
 
     def announce_presence(self, user_id: int, online: bool) -> None:
@@ -207,6 +213,8 @@ def create_app(cfg: Config | None = None, gateway: Gateway | None = None) -> Fla
         if token is not None:
             logs.unbind(token)
 
+    app.config["MAX_CONTENT_LENGTH"] = validate.MAX_BODY_BYTES  # larger bodies: 413/10011 unread
+    app.before_request(http.answer_options)
     app.register_blueprint(http.bp)
     http.register_error_handlers(app)
     logger.info("gateway %s ready (env=%s, config=%s)", cfg.app.gateway_id, cfg.app.env,

@@ -3,40 +3,78 @@ are built by common/protocol.py).
 
 ``handle(text, conn, gw)`` returns the frames to answer with; sends, acks and typing are handed to
 the pipeline (their answers arrive later through the inbox). Any bad frame is answered with an
-``error`` frame ``{code, message, ref}`` and the connection stays open.
+``error`` frame ``{code, message, ref}`` and the connection stays open: a frame is decoded and
+checked whole by common/validate.py first (10002 naming the field), then charged to the
+connection's own budget and, for ``send``, ``typing`` and ``sync``, to the user's across every
+gateway (10007 with ``retry_after_ms``: common/ratelimit.py). A ``sync`` while the database is
+down is answered 20001 (sync again later). Anything else that fails ends the socket with 1011.
 """
 from __future__ import annotations
 
-import json
 import logging
 
-from common import chat, logs
+import peewee as pw
+
+from common import chat, logs, validate
 from common.errors import AppError, Code
 from common.models import db, now_ms
 from common.protocol import error as error_frame, frame
+from common.ratelimit import Decision, RateLimited
 from gateway import metrics
 
 logger = logging.getLogger(__name__)
 
 
+# The user's shared budget each frame type is charged to (besides the connection's own).
+USER_LIMITS = {"send": "ws_send_user", "typing": "ws_typing_user", "sync": "ws_sync_user"}
+
+
+def parse(text) -> tuple[str, dict]:
+    """``(type, payload)`` of a client frame, or 10002: JSON text (not binary), checked whole, a
+    string type, and a payload that is an object (absent or null: ``{}``)."""
+    if not isinstance(text, str):
+        raise validate.invalid("frames are JSON text, not binary")
+    message = validate.obj(validate.parse_json(text), "frame")
+    kind, payload = message.get("type"), message.get("payload")
+    if not isinstance(kind, str):
+        raise validate.invalid('a frame is JSON {"type": ..., "payload": {...}}', "type")
+    return kind, validate.obj({} if payload is None else payload, "payload")
+
+
 def handle(text, conn, gw) -> list[str]:
     try:
-        message = json.loads(text)
-        kind, payload = message["type"], message.get("payload") or {}
-        if not isinstance(kind, str) or not isinstance(payload, dict):
-            raise TypeError
-    except (ValueError, TypeError, KeyError, AttributeError):
+        kind, payload = parse(text)
+    except AppError as exc:
         metrics.FRAMES_IN["invalid"].inc()
-        return [error_frame(AppError(Code.INVALID_PARAMS, 'a frame is JSON {"type": ..., "payload": {...}}'), None)]
+        return [error_frame(exc, None)]
     metrics.frame_in(kind)
-    handler = HANDLERS.get(kind)
-    if handler is None:
-        return [error_frame(AppError(Code.INVALID_PARAMS, f"unknown frame type {kind!r}"), kind)]
+    if kind not in HANDLERS:
+        return [error_frame(validate.invalid(f"unknown frame type {kind[:32]!r}", "type"), kind[:64])]
     try:
-        return handler(payload, conn, gw)
+        _charge(kind, conn, gw)
+        return HANDLERS[kind](payload, conn, gw)
     except AppError as exc:
         ref = payload.get("msg_id") if kind == "send" and isinstance(payload.get("msg_id"), str) else kind
         return [error_frame(exc, ref)]
+    except (pw.OperationalError, pw.InterfaceError) as exc:
+        logger.error("%s frame of conn %s not served code=%d: %s", kind, conn.conn_id, Code.DATABASE_ERROR,
+                     type(exc).__name__)
+        return [error_frame(AppError(Code.DATABASE_ERROR, "database unavailable; try again later"), kind)]
+
+
+def _charge(kind: str, conn, gw) -> None:
+    """The connection's own budget first (in memory: a flood costs no Redis call), then the user's."""
+    if conn.bucket is not None:
+        wait = conn.bucket.take(now_ms())
+        if wait:
+            metrics.rate_limited("ws_connection")
+            raise RateLimited(Decision(False, wait, "ws_connection"))
+    rule = USER_LIMITS.get(kind)
+    if rule is not None:
+        decision = gw.limiter.check((rule, conn.user_id))
+        if not decision.allowed:
+            metrics.rate_limited(rule)
+            raise RateLimited(decision)
 
 
 def on_ping(payload, conn, gw):
@@ -62,21 +100,13 @@ def on_send(payload, conn, gw):
 
 
 def _conversation_id(payload, required=True):
-    value = payload.get("conversation_id")
-    if value is None and not required:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise AppError(Code.INVALID_PARAMS, "conversation_id must be a positive integer", field="conversation_id")
-    return value
+    return validate.integer(payload, "conversation_id", required=required)
 
 
 def on_ack(payload, conn, gw):
     conversation_id = _conversation_id(payload)
-    seq, ack_type = payload.get("seq"), payload.get("ack_type", "delivered")
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-        raise AppError(Code.INVALID_PARAMS, "seq must be a non-negative integer", field="seq")
-    if ack_type not in ("delivered", "read"):
-        raise AppError(Code.INVALID_PARAMS, "ack_type is delivered or read", field="ack_type")
+    seq = validate.integer(payload, "seq", minimum=0)
+    ack_type = validate.choice(payload, "ack_type", ("delivered", "read"), "delivered")
     gw.produce("deliver", {"kind": "ack", "conversation_id": conversation_id, "user_id": conn.user_id,
                            "seq": seq, "ack_type": ack_type}, str(conversation_id))
     return []
@@ -91,13 +121,14 @@ def on_typing(payload, conn, gw):
 
 def on_sync(payload, conn, gw):
     conversation_id = _conversation_id(payload, required=False)
-    limit = chat.page_limit(payload.get("limit"))
+    limit = validate.integer(payload, "limit", required=False, minimum=1, maximum=chat.MAX_PAGE, default=50)
     with db.connection_context():
         if conversation_id is None:
-            result = chat.offline(conn.user_id, chat.seq_param(payload.get("cursor"), "cursor", 0), limit)
+            result = chat.offline(conn.user_id, validate.integer(payload, "cursor", required=False, minimum=0,
+                                                                 default=0), limit)
         else:
             result = chat.sync(conn.user_id, conversation_id,
-                               chat.seq_param(payload.get("after_seq"), "after_seq", 0), limit)
+                               validate.integer(payload, "after_seq", required=False, minimum=0, default=0), limit)
     return [frame("sync", result)]
 
 

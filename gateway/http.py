@@ -2,7 +2,14 @@
 groups; and the web client's page at ``/`` (gateway/static, served with a strict CSP).
 
 Every response uses the envelope ``{"code", "message", "data"}``; errors carry the code from
-common/errors.py with its HTTP status (and ``field`` for 10002).
+common/errors.py with its HTTP status (and ``field`` for 10002). Every answer is JSON, the framework's
+own too (404, 405, 413, ``OPTIONS``, a plain ``GET /ws``).
+
+Hostile input (docs/SECURITY.md): a body is read within :data:`BODY_TIMEOUT_S` (else 408/10012), at
+most 64 KiB (413/10011), and decoded by common/validate.py (10002 naming the field); requests are
+rate-limited (common/ratelimit.py) by client address before authentication and by user after it
+(429/10007 with ``Retry-After``); a token is checked against its session and version
+(common/sessions.py) on every request.
 """
 from __future__ import annotations
 
@@ -12,12 +19,17 @@ import os
 import platform
 import subprocess
 
+import gevent
 import peewee as pw
 import redis
 from flask import Blueprint, current_app, g, jsonify, request
+from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing.exceptions import WebsocketMismatch
 
-from common import __version__, accounts, chat, presence, rpc
+from common import __version__, accounts, bus, chat, presence, protocol, rpc, sessions, validate
+from common.models import username_key
+from common.ratelimit import RateLimited, client_address
 from common.config import REPO_ROOT
 from common.errors import AppError, Code
 from common.models import db, now_ms
@@ -25,6 +37,8 @@ from gateway import metrics as gateway_metrics
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("http", __name__)
+# A path id: what the database holds (an id of 2^63 or more matches no route: 404, never a 500).
+ID = f"int(min=1, max={validate.INT64_MAX})"
 
 
 def envelope(data=None, code: Code = Code.SUCCESS, status: int | None = None):
@@ -39,21 +53,71 @@ def _gateway():
     return current_app.extensions["pingme"]
 
 
+BODY_TIMEOUT_S = 10.0  # a body that has not fully arrived by then is answered 408 (slow-body floods)
+
+
+def _read_body() -> bytes:
+    """The request body, whole, within :data:`BODY_TIMEOUT_S`; 408, 413 or 400 otherwise."""
+    try:
+        with gevent.Timeout(BODY_TIMEOUT_S):
+            return request.get_data(cache=True)
+    except gevent.Timeout:
+        logger.warning("request body not complete after %.0f s code=%d", BODY_TIMEOUT_S, Code.REQUEST_TIMEOUT)
+        raise AppError(Code.REQUEST_TIMEOUT) from None
+    except (ParseException, OSError, ValueError) as exc:  # a malformed chunked body, a reset
+        logger.info("request body unreadable code=%d: %s", Code.INVALID_PARAMS, type(exc).__name__)
+        raise AppError(Code.INVALID_PARAMS, "the request body could not be read") from None
+
+
 def _json_body() -> dict:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
+    """The body as a JSON object, checked whole by common/validate.py (10002 naming the field)."""
+    raw = _read_body()
+    if not raw:
         raise AppError(Code.INVALID_PARAMS, "the body must be a JSON object")
-    return body
+    return validate.obj(validate.parse_json(raw))
+
+
+def _address() -> str:
+    rl = current_app.config["PINGME"].ratelimit
+    return client_address(request.remote_addr, request.headers.get(rl.proxy_header), rl.trusted_proxies)
+
+
+def _limit(*hits) -> None:
+    """Charge this request to the named limits (all or none); 429/10007 when one is exhausted."""
+    try:
+        _gateway().limiter.enforce(*hits)
+    except RateLimited as exc:
+        gateway_metrics.rate_limited(exc.rule)
+        logger.info("rate limited code=%d rule=%s on %s %s", Code.TOO_MANY_REQUESTS, exc.rule, request.method,
+                    request.path)
+        raise
+
+
+def _bearer() -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AppError(Code.INVALID_TOKEN, "missing bearer token")
+    return token.strip()
 
 
 def require_user(view):
-    """Resolve ``Authorization: Bearer <token>`` to ``g.user_id`` or answer 401 (30004/30005)."""
+    """Resolve ``Authorization: Bearer <token>`` to ``g.user_id`` (and its claims, ``g.claims``)
+    or answer 401 (30004/30005: expired, forged, or revoked), then charge the user's API limit."""
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise AppError(Code.INVALID_TOKEN, "missing bearer token")
-        g.user_id = accounts.authenticate(token.strip(), current_app.config["PINGME"])
+        gw = _gateway()
+        g.claims = accounts.authenticate_claims(_bearer(), gw.cfg, gw.redis)
+        g.user_id = int(g.claims["sub"])
+        _limit(("api_user", g.user_id))
+        return view(*args, **kwargs)
+    return wrapper
+
+
+def directory(view):
+    """A user-directory lookup: also charged to the user's directory limit (enumeration)."""
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        _limit(("directory_user", g.user_id))
         return view(*args, **kwargs)
     return wrapper
 
@@ -125,16 +189,80 @@ def version():
 
 @bp.post("/api/v1/auth/register")
 def register():
-    body = _json_body()
-    accounts.validate_registration(body)  # answer bad input at once, without the pipeline
+    fields = accounts.validate_registration(_json_body())  # bad input answered at once, no pipeline
+    _limit(("register_address", _address()))
+    body = {name: value for name, value in fields.items() if value is not None}
     return envelope(_gateway().call("register", body), status=201)
 
 
 @bp.post("/api/v1/auth/login")
 def login():
-    body = _json_body()
-    accounts.validate_login(body)
-    return envelope(_gateway().call("login", body))
+    """Start a session: an access token and a refresh token (common/sessions.py). Limited per
+    account and per client address, so guessing one account's password from many addresses and
+    many accounts' from one address are both slowed down."""
+    fields = accounts.validate_login(_json_body())
+    _limit(("login_account", username_key(fields["username"])), ("login_address", _address()))
+    return envelope(_gateway().call("login", fields))
+
+
+@bp.post("/api/v1/auth/refresh")
+def refresh():
+    """Rotate a refresh token (reusing one revokes its session and closes its sockets)."""
+    token = validate.text(_json_body(), "refresh_token", max_len=200)
+    _limit(("login_address", _address()))
+    gw = _gateway()
+    try:
+        return envelope(sessions.refresh(gw.redis, gw.cfg, token))
+    except AppError:
+        user_id = sessions.REFRESH.fullmatch(token)
+        if user_id:
+            _revoked(int(user_id[1]))
+        raise
+
+
+@bp.post("/api/v1/auth/logout")
+@require_user
+def logout():
+    """End this token's session: its refresh token and its access tokens stop working now."""
+    gw = _gateway()
+    sessions.end(gw.redis, gw.cfg, g.claims)
+    _revoked(g.user_id)
+    return envelope({"logged_out": "session"})
+
+
+@bp.post("/api/v1/auth/logout-all")
+@require_user
+def logout_all():
+    """End every session of the user, on every device."""
+    gw = _gateway()
+    sessions.end_all(gw.redis, gw.cfg, g.user_id)
+    _revoked(g.user_id)
+    return envelope({"logged_out": "everywhere"})
+
+
+@bp.put("/api/v1/user/password")
+@require_user
+def change_password():
+    """Change the password (the current one is asked): every other session ends; this caller gets
+    a new session's tokens. Served by the login function (the hash is the cost)."""
+    fields = accounts.validate_password_change(_json_body())
+    _limit(("login_account", f"id:{g.user_id}"))  # guessing the current password is a login
+    result = _gateway().call("login", fields, op="password", user_id=g.user_id)
+    _revoked(g.user_id)
+    return envelope(result)
+
+
+def _revoked(user_id: int) -> None:
+    """Tell every gateway with a socket of the user to re-check its token (and close it with
+    4003 when revoked)."""
+    gw = _gateway()
+    try:
+        gateways = set(presence.lookup(gw.redis, gw.cfg, [user_id], now_ms()).get(user_id, {}).values())
+        for gateway_id in gateways:
+            gw.redis.publish(bus.gateway_channel(gw.cfg, gateway_id), bus.encode(protocol.revoke(user_id)))
+    except redis.RedisError as exc:
+        logger.error("revocation of user %d not announced code=%d: %s", user_id, Code.CACHE_ERROR,
+                     type(exc).__name__)
 
 
 @bp.get("/api/v1/user/profile")
@@ -155,8 +283,9 @@ def put_profile():
 @bp.post("/api/v1/messages")
 @require_user
 def send_message():
-    """Send over HTTP: the same event, idempotency and ack as the WebSocket ``send``."""
+    """Send over HTTP: the same event, idempotency, ack and rate limit as the WebSocket ``send``."""
     fields = chat.validate_send(_json_body())
+    _limit(("ws_send_user", g.user_id))
     key = chat.route_key(g.user_id, fields["to_user_id"], fields["group_id"])
     reply = _gateway().request("send", {**fields, "sender_id": g.user_id}, key)
     return envelope(rpc.result(reply))
@@ -169,20 +298,24 @@ def list_conversations():
     return envelope({"conversations": chat.conversations(g.user_id)})
 
 
-@bp.get("/api/v1/conversations/<int:conversation_id>/messages")
+def _page_limit() -> int:
+    return validate.query_int(request.args.get("limit"), "limit", minimum=1, maximum=chat.MAX_PAGE, default=50)
+
+
+@bp.get(f"/api/v1/conversations/<{ID}:conversation_id>/messages")
 @require_user
 @with_db
 def conversation_history(conversation_id):
-    before = chat.seq_param(request.args.get("before_seq"), "before_seq")
-    return envelope(chat.history(g.user_id, conversation_id, before, chat.page_limit(request.args.get("limit"))))
+    before = validate.query_int(request.args.get("before_seq"), "before_seq")
+    return envelope(chat.history(g.user_id, conversation_id, before, _page_limit()))
 
 
 @bp.get("/api/v1/messages/offline")
 @require_user
 @with_db
 def offline_messages():
-    cursor = chat.seq_param(request.args.get("cursor"), "cursor", 0)
-    return envelope(chat.offline(g.user_id, cursor, chat.page_limit(request.args.get("limit"))))
+    cursor = validate.query_int(request.args.get("cursor"), "cursor", default=0)
+    return envelope(chat.offline(g.user_id, cursor, _page_limit()))
 
 
 def _announce(stored: chat.Stored | None, also_notify=()) -> None:
@@ -200,19 +333,21 @@ def _announce(stored: chat.Stored | None, also_notify=()) -> None:
 @with_db
 def create_group():
     body = _json_body()
-    conv, stored = chat.create_group(g.user_id, body.get("name"), body.get("member_ids", []))
+    name = validate.text(body, "name", max_len=64)
+    member_ids = validate.id_list(body, "member_ids")
+    conv, stored = chat.create_group(g.user_id, name, member_ids)
     _announce(stored)
     return envelope(chat.group_view(conv), status=201)
 
 
-@bp.get("/api/v1/groups/<int:group_id>")
+@bp.get(f"/api/v1/groups/<{ID}:group_id>")
 @require_user
 @with_db
 def get_group(group_id):
     return envelope(chat.group_view(chat.get_group(g.user_id, group_id)))
 
 
-@bp.get("/api/v1/groups/<int:group_id>/members")
+@bp.get(f"/api/v1/groups/<{ID}:group_id>/members")
 @require_user
 @with_db
 def list_members(group_id):
@@ -222,16 +357,17 @@ def list_members(group_id):
     return envelope({"members": [{**m, "online": m["user_id"] in online} for m in members]})
 
 
-@bp.post("/api/v1/groups/<int:group_id>/members")
+@bp.post(f"/api/v1/groups/<{ID}:group_id>/members")
 @require_user
 @with_db
 def add_members(group_id):
-    stored = chat.add_members(g.user_id, group_id, _json_body().get("user_ids"))
+    user_ids = validate.id_list(_json_body(), "user_ids", allow_empty=False)
+    stored = chat.add_members(g.user_id, group_id, user_ids)
     _announce(stored)
     return envelope(chat.group_view(chat.get_group(g.user_id, group_id)))
 
 
-@bp.delete("/api/v1/groups/<int:group_id>/members/<int:user_id>")
+@bp.delete(f"/api/v1/groups/<{ID}:group_id>/members/<{ID}:user_id>")
 @require_user
 @with_db
 def remove_member(group_id, user_id):
@@ -239,24 +375,30 @@ def remove_member(group_id, user_id):
     return envelope({"group_id": group_id, "user_id": user_id, "removed": True})
 
 
-@bp.get("/api/v1/users/<int:user_id>/status")
+@bp.get(f"/api/v1/users/<{ID}:user_id>/status")
 @require_user
+@directory
 @with_db
 def user_status(user_id):
-    accounts.profile(user_id)  # 30001 for an unknown user
+    """Online status and last seen, of yourself or a contact only (chat.contact_ids: who would be
+    told of it by presence frames); anyone else, existing or not, is 10004."""
+    if user_id != g.user_id and g.user_id not in chat.contact_ids(user_id):
+        raise AppError(Code.FORBIDDEN, "presence is shown to contacts only")
     gw = _gateway()
     return envelope(presence.status(gw.redis, gw.cfg, [user_id], now_ms())[user_id])
 
 
 @bp.get("/api/v1/users")
 @require_user
+@directory
 @with_db
 def find_user():
     return envelope(accounts.contact(accounts.find(request.args.get("username"))))
 
 
-@bp.get("/api/v1/users/<int:user_id>")
+@bp.get(f"/api/v1/users/<{ID}:user_id>")
 @require_user
+@directory
 @with_db
 def get_user(user_id):
     return envelope(accounts.contact(accounts.profile(user_id)))
@@ -277,16 +419,42 @@ def web_client():
     return response
 
 
+# The framework's own refusals, as codes of the table (each answered with its code's HTTP status).
+_HTTP_CODES = {400: Code.INVALID_PARAMS, 404: Code.NOT_FOUND, 405: Code.METHOD_NOT_ALLOWED,
+               408: Code.REQUEST_TIMEOUT, 413: Code.PAYLOAD_TOO_LARGE, 429: Code.TOO_MANY_REQUESTS}
+
+
+def answer_options():
+    """``OPTIONS`` on a route: the methods it takes, as JSON (Flask's own answer is an empty HTML
+    page). Registered as a ``before_request`` hook; ``None`` lets any other request through."""
+    if request.method != "OPTIONS" or request.url_rule is None:
+        return None
+    allowed = sorted(request.url_rule.methods or ())
+    response, status = envelope({"allow": allowed})
+    response.headers["Allow"] = ", ".join(allowed)
+    return response, status
+
+
 def register_error_handlers(app) -> None:
     @app.errorhandler(AppError)
     def on_app_error(exc: AppError):
-        return error_response(exc)
+        response, status = error_response(exc)
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        elif exc.code is Code.UPGRADE_REQUIRED:
+            response.headers["Upgrade"] = "websocket"
+        return response, status
 
     @app.errorhandler(HTTPException)
     def on_http_error(exc: HTTPException):
-        code = {404: Code.NOT_FOUND, 405: Code.INVALID_PARAMS, 413: Code.INVALID_PARAMS,
-                429: Code.TOO_MANY_REQUESTS}.get(exc.code or 500, Code.SERVER_ERROR)
-        return jsonify({"code": int(code), "message": exc.description or code.message}), exc.code
+        if isinstance(exc, WebsocketMismatch):  # a plain request for /ws (routing refuses it: 400)
+            return on_app_error(AppError(Code.UPGRADE_REQUIRED))
+        code = _HTTP_CODES.get(exc.code or 500, Code.INVALID_PARAMS if (exc.code or 500) < 500 else Code.SERVER_ERROR)
+        message = code.message if code is not Code.INVALID_PARAMS else (exc.description or code.message)
+        response = jsonify({"code": int(code), "message": message})
+        if exc.code == 405 and getattr(exc, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+        return response, code.http_status
 
     @app.errorhandler(pw.OperationalError)
     @app.errorhandler(pw.InterfaceError)

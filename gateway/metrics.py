@@ -50,6 +50,17 @@ _reply_timeouts = Counter("pingme_reply_timeouts", "Requests a function did not 
                           "kafka.request_timeout_ms (answered 10008), by function.", ["function"],
                           registry=REGISTRY)
 
+# The rate limits (common/ratelimit.py, config ratelimit.*); ws_connection is the in-memory one.
+RATE_LIMIT_RULES = ("login_account", "login_address", "register_address", "api_user", "directory_user",
+                    "ws_connection", "ws_send_user", "ws_typing_user", "ws_sync_user")
+_rate_limited = Counter("pingme_rate_limited", "Requests and frames refused with 10007, by the limit "
+                        "that refused them.", ["rule"], registry=REGISTRY)
+RATE_LIMIT_ERRORS = Counter("pingme_rate_limit_errors", "Rate-limit checks Redis did not answer "
+                            "(the request was let through).", registry=REGISTRY)
+RATE_LIMITED = {rule: _rate_limited.labels(rule) for rule in RATE_LIMIT_RULES}
+TOKENS_REVOKED_CLOSES = Counter("pingme_ws_closed_token_revoked", "Sockets closed with 4003 because "
+                                "their token was revoked.", registry=REGISTRY)
+
 FRAMES_IN = {kind: _frames_in.labels(kind) for kind in FRAMES_IN_TYPES}
 FRAMES_OUT = {kind: _frames_out.labels(kind) for kind in FRAMES_OUT_TYPES}
 PRODUCE_ERRORS = {name: _produce_errors.labels(name) for name in PRODUCED_TO}
@@ -84,6 +95,12 @@ def frames_out(text: str, n: int = 1) -> None:
     """Count ``n`` frames with this text written to clients."""
     if n:
         FRAMES_OUT[frame_type(text)].inc(n)
+
+
+def rate_limited(rule) -> None:
+    counter = RATE_LIMITED.get(rule)
+    if counter is not None:
+        counter.inc()
 
 
 def produce_failed(function: str, _exc=None) -> None:

@@ -27,7 +27,6 @@ flask-sock builds (it has no option for that: it calls its module's ``Server``).
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import socket
 import struct
@@ -45,11 +44,12 @@ from wsproto.events import AcceptConnection, Ping
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
-from common import accounts, logs, presence, protocol
+from common import accounts, logs, presence, protocol, sessions, validate
 from common.errors import AppError, Code
 from common.models import now_ms
 from common.protocol import (CLOSE_AUTH_FAILED, CLOSE_AUTH_TIMEOUT, CLOSE_SERVER_ERROR, CLOSE_SERVICE_RESTART,
-                             CLOSE_TRY_AGAIN, RESTART_REASON)
+                             CLOSE_TOKEN_REVOKED, CLOSE_TRY_AGAIN, RESTART_REASON, REVOKED_REASON)
+from common.ratelimit import Bucket
 from gateway import frames, metrics
 
 logger = logging.getLogger(__name__)
@@ -208,11 +208,16 @@ class SafeServer(simple_websocket.Server):
 class Connection:
     """One authenticated socket of this gateway."""
 
-    def __init__(self, ws, user_id: int, limit: int = DEFAULT_BACKLOG, conn_id: str | None = None):
+    def __init__(self, ws, user_id: int, limit: int = DEFAULT_BACKLOG, conn_id: str | None = None,
+                 claims: dict | None = None, rate=None):
         self.ws = ws
         self.user_id = user_id
         self.conn_id = conn_id or uuid.uuid4().hex[:16]
         self.closed = False
+        # The token it authenticated with (common/sessions.py: re-checked when the user's tokens are
+        # revoked) and its own frame budget (ratelimit.ws_connection; None: not limited).
+        self.claims = claims or {"sub": str(user_id)}
+        self.bucket = Bucket(rate) if rate is not None else None
         ws.sock.limit = limit
 
     def push(self, text: str) -> bool:
@@ -298,7 +303,11 @@ class Hub:
 
     def on_message(self, message: dict) -> None:
         """A message on this gateway's channel that is not a reply to a waiting HTTP request: a
-        frame for some of its connections (common/protocol.py ``push``)."""
+        frame for some of its connections (common/protocol.py ``push``), or a user's tokens revoked
+        (``revoke``)."""
+        if message.get("type") == "revoke":
+            self.revoke(message.get("user_id"))
+            return
         if message.get("type") != "push":
             logger.warning("gateway channel: unexpected message type %r", message.get("type"))
             return
@@ -309,6 +318,19 @@ class Hub:
             if conn is not None and conn.push_frame(data):
                 pushed += 1
         metrics.frames_out(text, pushed)
+
+    def revoke(self, user_id) -> int:
+        """Close (4003) every socket of ``user_id`` whose token is no longer good; how many."""
+        conns = [c for c in list(self.conns.values()) if c.user_id == user_id and not c.closed]
+        gw, closed = self.gateway, 0
+        for conn in conns:
+            if sessions.revoked(gw.redis, gw.cfg, conn.claims):
+                metrics.TOKENS_REVOKED_CLOSES.inc()
+                logger.info("conn %s of user %d closed code=%d: token revoked", conn.conn_id, user_id,
+                            CLOSE_TOKEN_REVOKED)
+                conn.close(CLOSE_TOKEN_REVOKED, REVOKED_REASON)
+                closed += 1
+        return closed
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(presence.HEARTBEAT_S):
@@ -321,8 +343,22 @@ class Hub:
                 logger.error("presence heartbeat failed code=%d: %s", Code.CACHE_ERROR, type(exc).__name__)
 
 
-def _authenticate(ws, cfg) -> int | None:
-    """The user id from ``?token=`` or a first ``auth`` frame within 10 s; None after closing."""
+def _first_frame_token(text) -> str:
+    """The token of a first ``auth`` frame ("" for anything else: refused as a missing token)."""
+    if not isinstance(text, str):
+        return ""
+    try:
+        first = validate.parse_json(text, max_bytes=4096)
+    except AppError:
+        return ""
+    payload = first.get("payload") if isinstance(first, dict) and first.get("type") == "auth" else None
+    token = payload.get("token") if isinstance(payload, dict) else None
+    return token if isinstance(token, str) else ""
+
+
+def _authenticate(ws, gw) -> dict | None:
+    """The claims of the token from ``?token=`` or a first ``auth`` frame within 10 s (revoked
+    tokens refused: common/sessions.py); None after closing (4001, 4002)."""
     token = request.args.get("token")
     if not token:
         deadline = time.monotonic() + AUTH_TIMEOUT_S
@@ -331,13 +367,9 @@ def _authenticate(ws, cfg) -> int | None:
             ws.send(metrics.counted(protocol.auth_fail(AppError(Code.UNAUTHORIZED, "no auth frame within 10 s"))))
             ws.close(reason=CLOSE_AUTH_TIMEOUT, message="authentication timeout")
             return None
-        try:
-            first = json.loads(text)
-            token = first["payload"]["token"] if first.get("type") == "auth" else None
-        except (ValueError, TypeError, KeyError, AttributeError):
-            token = None
+        token = _first_frame_token(text)
     try:
-        return accounts.authenticate(token or "", cfg)
+        return accounts.authenticate_claims(token, gw.cfg, gw.redis)
     except AppError as exc:
         ws.send(metrics.counted(protocol.auth_fail(exc)))
         ws.close(reason=CLOSE_AUTH_FAILED, message=exc.message)
@@ -366,16 +398,22 @@ def websocket(ws):
         _serve(ws, gw)
     except simple_websocket.ConnectionClosed:
         raise  # flask-sock ends the request quietly
-    except redis.RedisError as exc:
+    except Exception as exc:
+        _close_quietly(ws, *_failure_close(exc))
+
+
+def _failure_close(exc: Exception) -> tuple[int, str]:
+    """The close code and reason for an error that ends a socket, logged: 1013 for an outage of
+    Redis or the database (reconnect later), 1011 for anything else (a bug, with its traceback)."""
+    if isinstance(exc, redis.RedisError):
         logger.error("websocket closed code=%d: redis unavailable (%s)", Code.CACHE_ERROR, type(exc).__name__)
-        _close_quietly(ws, CLOSE_TRY_AGAIN, "redis unavailable; reconnect later")
-    except (pw.OperationalError, pw.InterfaceError) as exc:
+        return CLOSE_TRY_AGAIN, "redis unavailable; reconnect later"
+    if isinstance(exc, (pw.OperationalError, pw.InterfaceError)):
         logger.error("websocket closed code=%d: database unavailable (%s)", Code.DATABASE_ERROR,
                      type(exc).__name__)
-        _close_quietly(ws, CLOSE_TRY_AGAIN, "database unavailable; reconnect later")
-    except Exception:
-        logger.exception("websocket closed code=%d: unexpected error", Code.WEBSOCKET_ERROR)
-        _close_quietly(ws, CLOSE_SERVER_ERROR, "server error")
+        return CLOSE_TRY_AGAIN, "database unavailable; reconnect later"
+    logger.error("websocket closed code=%d: unexpected error", Code.WEBSOCKET_ERROR, exc_info=exc)
+    return CLOSE_SERVER_ERROR, "server error"
 
 
 def origin_allowed(origin: str, host: str, allowed: tuple[str, ...]) -> bool:
@@ -412,10 +450,13 @@ def _close_quietly(ws, code: int, reason: str) -> None:
 
 
 def _serve(ws, gw) -> None:
-    user_id = _authenticate(ws, gw.cfg)
-    if user_id is None:
+    claims = _authenticate(ws, gw)
+    if claims is None:
         return
-    conn = Connection(ws, user_id, gw.cfg.app.ws_queue_limit)
+    user_id = int(claims["sub"])
+    rl = gw.cfg.ratelimit
+    conn = Connection(ws, user_id, gw.cfg.app.ws_queue_limit, claims=claims,
+                      rate=rl.ws_connection if rl.enabled else None)
     try:
         if gw.hub.add(conn):
             gw.announce_presence(user_id, True)
@@ -429,6 +470,10 @@ def _serve(ws, gw) -> None:
             with logs.correlation(logs.new_cid()):  # one correlation id per client frame
                 for reply in frames.handle(text, conn, gw):
                     conn.push(reply)
+    except simple_websocket.ConnectionClosed:
+        raise
+    except Exception as exc:  # closed here with its code: the close in `finally` would say 1000
+        conn.close(*_failure_close(exc))
     finally:
         try:
             if gw.hub.remove(conn):

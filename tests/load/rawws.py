@@ -269,13 +269,16 @@ class RawWebSocket:
         return self._handle(self.parser.feed(self._view[:n]))
 
     def receive(self, timeout: float | None = None) -> bytes:
-        """The next message (for the slow paths: handshake, auth_ok, sync)."""
-        self.sock.settimeout(timeout)
+        """The next message (for the slow paths: handshake, auth_ok, sync); :class:`Closed` once
+        every message before the server's close was returned."""
+        if not self.closed:
+            self.sock.settimeout(timeout)
         try:
             while not self._pending:
                 self._pending.extend(self.recv_messages())
         finally:
-            self.sock.settimeout(None)
+            if not self.closed:  # a close read with the message has closed the socket already
+                self.sock.settimeout(None)
         return self._pending.popleft()
 
     def _handle(self, frames: list[tuple[int, bytes]]) -> list[bytes]:

@@ -1,11 +1,13 @@
 """Pure messaging rules: send validation, routing keys, presence entries, fan-out grouping and the
 gateway's frame handling (with a recording stand-in for the pipeline)."""
 import json
+from types import SimpleNamespace
 
 import pytest
 
 from common import chat, presence
 from common.errors import AppError, Code
+from common.ratelimit import ALLOWED
 
 
 def test_valid_send_defaults_content_type():
@@ -59,6 +61,8 @@ def test_fan_out_is_one_batch_per_gateway_without_the_origin():
 
 
 class RecordingGateway:
+    limiter = SimpleNamespace(check=lambda *hits: ALLOWED)  # rate limits: tests/integration/test_security.py
+
     def __init__(self):
         self.produced = []
 
@@ -67,7 +71,7 @@ class RecordingGateway:
 
 
 class Conn:
-    user_id, conn_id = 5, "c5"
+    user_id, conn_id, bucket = 5, "c5", None
 
     def __init__(self):
         self.pushed = []

@@ -85,7 +85,6 @@ def test_integer_ranges_and_absence():
     ([1, "2"], "member_ids must hold positive integer ids only"),
     ([0], "member_ids must hold positive integer ids only"),
     ([2 ** 63], "member_ids must hold positive integer ids only"),
-    ([1, 1], "member_ids holds an id twice"),
     (list(range(1, 12)), "member_ids holds more than 10 ids"),
 ])
 def test_id_lists(value, message):
@@ -96,6 +95,7 @@ def test_id_lists(value, message):
 def test_id_list_empty_and_absent():
     assert v.id_list({}, "ids", max_items=3) == []
     assert v.id_list({"ids": [3, 1]}, "ids", max_items=3) == [3, 1]
+    assert v.id_list({"ids": [3, 1, 3]}, "ids", max_items=3) == [3, 1]
     assert refused(v.id_list, {"ids": []}, "ids", max_items=3, allow_empty=False).message == "ids must not be empty"
 
 
