@@ -176,6 +176,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("app.allowed_origins", "ALLOWED_ORIGINS", "", _origins,
             "Web origins (comma-separated `scheme://host[:port]`, or `*`) whose pages may open "
             "`/ws`; empty: the gateway's own origin only. A client without an `Origin` header is not checked"),
+    Setting("app.body_timeout_ms", "BODY_TIMEOUT_MS", 10_000, _int(100, 300_000),
+            "How long the gateway waits for a request body to arrive whole before answering 408/10012"),
+    Setting("app.operator_networks", "OPERATOR_NETWORKS", "127.0.0.0/8,::1", _networks,
+            "Client addresses (comma-separated, CIDR; behind a trusted proxy, the address it reports) "
+            "that see operators' details: `/health` checks, `/version` build, `/metrics`; others get "
+            "the status only (probes need no more) and 403 on `/metrics`"),
+    Setting("app.operator_token", "OPERATOR_TOKEN", "", _str,
+            "A secret that grants operators' details from anywhere (`Authorization: Bearer <token>`, "
+            "e.g. for Prometheus); empty: none. At least 32 characters"),
     Setting("db.engine", "DB_ENGINE", "sqlite", _choice("sqlite", "mysql"),
             "`sqlite` (embedded, local run only) or `mysql` (MariaDB/MySQL)"),
     Setting("db.path", "DB_PATH", ".state/pingme.db", _nonempty,
@@ -275,6 +284,9 @@ class AppConfig:
     ws_queue_limit: int
     function_port: int
     allowed_origins: tuple[str, ...]
+    body_timeout_ms: int = 10_000
+    operator_networks: tuple = ()
+    operator_token: str = dataclasses.field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -452,6 +464,8 @@ def _check(config: Config) -> None:
     k = config.kafka
     if k.retry_initial_backoff_ms > k.retry_max_backoff_ms:
         raise ConfigError("kafka.retry_initial_backoff_ms: must not exceed kafka.retry_max_backoff_ms")
+    if config.app.operator_token and len(config.app.operator_token) < MIN_PRODUCTION_SECRET_LEN:
+        raise ConfigError(f"OPERATOR_TOKEN (app.operator_token): at least {MIN_PRODUCTION_SECRET_LEN} characters")
     if config.production:
         secret = config.jwt.secret
         if not secret or secret == DEV_JWT_SECRET or len(secret) < MIN_PRODUCTION_SECRET_LEN:
