@@ -110,7 +110,33 @@ def make_consumer(cfg: Config, function: str, **overrides) -> KafkaConsumer:
         max_poll_interval_ms=300_000,
     )
     options.update(overrides)
-    return KafkaConsumer(**options)
+    consumer = KafkaConsumer(**options)
+    if not consumer.config["enable_auto_commit"]:
+        _uncap_fetch_wait(consumer)
+    return consumer
+
+
+def _uncap_fetch_wait(consumer: KafkaConsumer) -> None:
+    """Stop an idle consumer from spinning while a heartbeat goes unanswered (issue 15).
+
+    kafka-python 3.0.12's ``poll`` caps each wait for fetched records by the coordinator's
+    ``time_to_next_poll()``, which without auto-commit is the time to the next heartbeat: the time
+    since the last heartbeat was *sent*. When the answer to a heartbeat takes longer than
+    ``heartbeat_interval_ms`` (a broker that stalls, a coordinator that moves, a 2-core box under
+    load), that time is 0 until the answer comes (up to ``request_timeout_ms``), so ``poll`` loops
+    without waiting: hundreds of fetch rounds a second with nothing to fetch, 20-90 % of a core,
+    the IO thread starved ("Task … ran for 2.154s … blocking the event loop"), which slows the
+    heartbeat answers further. The cap has no purpose here: in 3.0 heartbeats are sent by a task
+    on the client's IO thread, not by ``poll``, and this project commits by hand, so no
+    auto-commit is due either. Without it a poll waits its own timeout (the runtime's 200 ms).
+    Reproduced with a stopped broker: 8 → 450-680 poll rounds a second and 20-30 % CPU for an
+    idle consumer, 5-9 rounds and ~1 % with this (tests/integration/test_idle_spin.py)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or not callable(getattr(coordinator, "time_to_next_poll", None)):
+        logger.warning("kafka-python without ConsumerCoordinator.time_to_next_poll: the idle-spin "
+                       "workaround (common/bus.py) is not applied")
+        return
+    coordinator.time_to_next_poll = lambda: float("inf")
 
 
 def ensure_topics(cfg: Config, names: Iterable[str] = TOPICS) -> list[str]:
