@@ -105,8 +105,11 @@ def make_consumer(cfg: Config, function: str, **overrides) -> KafkaConsumer:
         enable_auto_commit=False,          # the runtime commits after outputs are flushed
         auto_offset_reset="earliest",      # a new group must not skip events already accepted
         fetch_max_wait_ms=500,
-        session_timeout_ms=10_000,         # a killed worker's partitions move on within seconds
-        heartbeat_interval_ms=1_000,
+        # A killed worker's partitions move on after the session timeout; with a static
+        # group.instance.id a restarted worker takes them back at once (docs/OPERATIONS.md).
+        session_timeout_ms=cfg.kafka.session_timeout_ms,
+        heartbeat_interval_ms=cfg.kafka.heartbeat_interval_ms,
+        group_instance_id=cfg.kafka.group_instance_id or None,
         max_poll_interval_ms=300_000,
     )
     options.update(overrides)

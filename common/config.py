@@ -221,6 +221,16 @@ SETTINGS: tuple[Setting, ...] = (
             "Backoff growth factor per attempt"),
     Setting("kafka.enable_dlq", "ENABLE_DLQ", True, _bool,
             "Send exhausted/undecodable events to the DLQ topic (else log and skip)"),
+    Setting("kafka.group_instance_id", "KAFKA_GROUP_INSTANCE_ID", "", _str,
+            "Static group membership (`group.instance.id`): a name unique among the replicas of a "
+            "function and kept across restarts (a pod or container name). A worker restarted under it "
+            "gets its partitions back at once instead of after the session timeout; empty: dynamic "
+            "membership (docs/OPERATIONS.md, Failover)"),
+    Setting("kafka.session_timeout_ms", "KAFKA_SESSION_TIMEOUT_MS", 10_000, _int(1000, 300_000),
+            "How long a silent worker keeps its partitions before its group gives them to the others "
+            "(brokers refuse less than their `group.min.session.timeout.ms`, 6000 by default)"),
+    Setting("kafka.heartbeat_interval_ms", "KAFKA_HEARTBEAT_INTERVAL_MS", 1000, _int(100, 60_000),
+            "How often a worker tells its group it is alive; below a third of the session timeout"),
     Setting("jwt.secret", "JWT_SECRET", DEV_JWT_SECRET, _str,
             "HS256 signing secret; production needs >= 32 chars, not the default"),
     Setting("jwt.ttl_seconds", "JWT_TTL_SECONDS", 86400, _int(60, 30 * 86400),
@@ -320,6 +330,9 @@ class KafkaConfig:
     retry_max_backoff_ms: int
     retry_multiplier: float
     enable_dlq: bool
+    group_instance_id: str = ""
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 1000
 
 
 @dataclass(frozen=True)
@@ -464,6 +477,8 @@ def _check(config: Config) -> None:
     k = config.kafka
     if k.retry_initial_backoff_ms > k.retry_max_backoff_ms:
         raise ConfigError("kafka.retry_initial_backoff_ms: must not exceed kafka.retry_max_backoff_ms")
+    if k.heartbeat_interval_ms * 3 > k.session_timeout_ms:
+        raise ConfigError("kafka.heartbeat_interval_ms: must be at most a third of kafka.session_timeout_ms")
     if config.app.operator_token and len(config.app.operator_token) < MIN_PRODUCTION_SECRET_LEN:
         raise ConfigError(f"OPERATOR_TOKEN (app.operator_token): at least {MIN_PRODUCTION_SECRET_LEN} characters")
     if config.production:
