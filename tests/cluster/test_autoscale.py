@@ -1,0 +1,203 @@
+"""KEDA scales ``deliver`` on its consumer group's lag on a real one-node Kubernetes, and nothing is
+lost: the promise of deploy/k8s/base/scaledobjects.yaml, measured.
+
+PingMe runs from deploy/k8s/overlays/local (every function and the gateway as pods of the project's
+image, on the host's Kafka, Redis and MariaDB), in a namespace of this module. ``deliver`` starts at
+one replica with its ScaledObject active and a CPU limit of 100m, so that one worker drains a burst
+slower than it arrives (~125 events/s instead of ~1,200: the limit stands in for a costlier
+workload; the thresholds are the base's). Then:
+
+1. A burst of private messages (tests/load/chat_load.py, its completeness checks) builds lag on the
+   deliver group; KEDA's Kafka scaler reports it, the HPA adds replicas (up to the 4 partitions), the
+   lag drains, every acknowledged message is delivered and stored once in seq order.
+2. With the lag gone, after the (shortened) scale-down window, the Deployment returns to one
+   replica, one pod at a time, and every removed worker drained and exited 0 on SIGTERM.
+3. A rolling update of ``send`` and ``deliver`` under load loses no acknowledged message.
+
+The timeline (seconds, lag, wanted and ready replicas) is printed and written to
+.state/test-logs/cluster-autoscale-*.json. Marked slow and cluster: ``pytest -m cluster``
+(``make test-cluster``). The first run builds the cluster's programs (minutes, cached).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.cluster.conftest import LOGS, PARTITIONS, PodWatch, consumer_lag, topic_size
+from tests.integration.conftest import REPO, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+LAG_THRESHOLD = 500          # deploy/k8s/base/scaledobjects.yaml, pingme-deliver (kept)
+SCALE_DOWN_WINDOW_S = 30     # the base waits 300 s before removing a worker; shortened for the test
+SCALED = {
+    "deliver": {
+        "cpu": "100m",
+        "scaledobject": {
+            "pollingInterval": 5,
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {
+                "stabilizationWindowSeconds": SCALE_DOWN_WINDOW_S,
+                "policies": [{"type": "Pods", "value": 1, "periodSeconds": 10}]}}}},
+        },
+    },
+}
+# The burst: 20 pairs of users, 300 private messages/s for 30 s (9,000 messages): more than two
+# throttled deliver workers drain (~250/s), so the lag asks for more.
+PAIRS, RATE, DURATION = 20, 300, 30
+
+
+class Timeline:
+    """Once a second: the deliver group's lag and the Deployment's wanted/ready replicas."""
+
+    def __init__(self, deployment, function: str):
+        cfg_ns = deployment.env["PINGME_NAMESPACE"]
+        self.lag = consumer_lag(deployment.env["KAFKA_BROKERS"].split(","), f"{cfg_ns}.{function}",
+                                f"{cfg_ns}.{function}")
+        self.deployment, self.function = deployment, function
+        self.rows: list[dict] = []
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                wanted, ready = self.deployment.replicas(self.function)
+                self.rows.append({"t": round(time.monotonic() - self.started, 1), "lag": self.lag(),
+                                  "wanted": wanted, "ready": ready})
+            except Exception as exc:  # noqa: BLE001 — a missed sample is reported, not fatal
+                self.rows.append({"t": round(time.monotonic() - self.started, 1), "error": repr(exc)})
+            self._stop.wait(1)
+
+    def now(self) -> float:
+        return time.monotonic() - self.started
+
+    def last(self) -> dict:
+        row = self.rows[-1] if self.rows else {"error": "no sample yet"}
+        assert "error" not in row or len(self.rows) < 2 or "error" not in self.rows[-2], \
+            f"sampling the lag and replicas fails: {row['error']}"
+        return next((r for r in reversed(self.rows) if "lag" in r), {"lag": None})
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.lag.close()
+
+    def changes(self) -> list[dict]:
+        """The rows where the wanted or ready count changed (and the first and last)."""
+        rows = [r for r in self.rows if "lag" in r]
+        out = [rows[0]]
+        for prev, row in zip(rows, rows[1:]):
+            if (row["wanted"], row["ready"]) != (prev["wanted"], prev["ready"]):
+                out.append(row)
+        return out + [rows[-1]]
+
+
+def removed_pods(watch: PodWatch, deployment) -> tuple[dict[str, dict]] | None:
+    """How each deliver pod that is gone ended (in a 1-tuple), once the watch has seen every one of
+    them end; None until then."""
+    current = {p["metadata"]["name"] for p in deployment.pods("deliver")}
+    gone = watch.seen - current
+    if not gone <= set(watch.finished):
+        return None
+    return ({name: watch.finished[name] for name in sorted(gone)},)
+
+
+def chat_load(url: str, out, pairs: int, rate: float, duration: float, drain: float) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tests.load.chat_load", "--url", url, "--pairs", str(pairs),
+                             "--rate", str(rate), "--duration", str(duration), "--drain", str(drain),
+                             "--out", str(out), "--plot", ""],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def check_complete(result: dict, what: str) -> None:
+    """chat_load's completeness: every message acked, every acked message delivered to its peer,
+    stored once in seq order (the sync check), no error frame."""
+    summary = {k: v for k, v in result.items() if k not in ("processes", "timeline")}
+    assert result["sent"] > 0 and result["acked"] == result["sent"], f"{what}: not every send was acked: {summary}"
+    assert result["lost"] == 0 and result["acked_not_delivered"] == 0, f"{what}: messages lost: {summary}"
+    assert result["sync_problems"] == 0, f"{what}: stored history wrong (missing, twice or out of seq order): {summary}"
+    assert result["errors"] == 0, f"{what}: error frames: {summary}"
+
+
+def test_deliver_scales_out_on_lag_drains_it_and_scales_back_in(deployment, tmp_path):
+    assert deployment.replicas("deliver") == (1, 1), "deliver should start at its ScaledObject's minimum"
+    hpa = deployment.kube.get(deployment.path("horizontalpodautoscalers", "keda-hpa-pingme-deliver"))
+    assert hpa is not None, "KEDA made no HPA for pingme-deliver"
+    watch = PodWatch(deployment.kube, deployment.namespace, "app.kubernetes.io/name%3Dpingme-deliver")
+    timeline = Timeline(deployment, "deliver")
+    out = tmp_path / "burst.json"
+    try:
+        load = chat_load(deployment.url, out, PAIRS, RATE, DURATION, drain=300)
+        load_output, _ = load.communicate(timeout=DURATION + 600)
+        assert load.returncode in (0, 1) and out.exists(), f"chat_load failed:\n{load_output[-3000:]}"
+        burst = json.loads(out.read_text())
+        drained_at = wait_for(lambda: timeline.last()["lag"] == 0 and timeline.now(), timeout=120, interval=1,
+                              what="the deliver group's lag to drain")
+        # Back to one replica after the scale-down window, one worker at a time.
+        wait_for(lambda: deployment.replicas("deliver") == (1, 1) and len(deployment.pods("deliver")) == 1,
+                 timeout=SCALE_DOWN_WINDOW_S + 4 * 15 + 120, interval=1, what="deliver back at one replica")
+        back_at_one = timeline.now()
+        [removed] = wait_for(lambda: removed_pods(watch, deployment), timeout=30, interval=0.5,
+                             what="every removed deliver pod's end (its container's exit) seen")
+    finally:
+        timeline.stop()
+        watch.stop()
+
+    rows = [r for r in timeline.rows if "lag" in r]
+    peak_lag = max(r["lag"] for r in rows)
+    peak_replicas = max(r["wanted"] for r in rows)
+    first_up = next((r["t"] for r in rows if r["wanted"] > 1), None)
+    first_ready_up = next((r["t"] for r in rows if r["ready"] > 1), None)
+    report = {"burst": {k: v for k, v in burst.items() if k not in ("processes", "timeline")},
+              "peak_lag": peak_lag, "peak_replicas": peak_replicas, "first_scale_up_s": first_up,
+              "first_extra_replica_ready_s": first_ready_up, "lag_drained_s": drained_at,
+              "back_at_one_replica_s": back_at_one, "removed_pods": removed,
+              "changes": timeline.changes(), "timeline": timeline.rows}
+    LOGS.mkdir(parents=True, exist_ok=True)
+    (LOGS / f"cluster-autoscale-{int(time.time())}.json").write_text(json.dumps(report, indent=1))
+    print(f"\nburst: {burst['sent']} messages at {RATE}/s; peak lag {peak_lag}, peak replicas {peak_replicas}; "
+          f"first scale-up at {first_up} s (ready {first_ready_up} s), lag drained at {drained_at:.0f} s, "
+          f"back at 1 replica at {back_at_one:.0f} s")
+    for row in timeline.changes():
+        print(f"  t={row['t']:6.1f}s lag={row['lag']:5d} wanted={row['wanted']} ready={row['ready']}")
+
+    check_complete(burst, "the burst")
+    assert peak_lag > LAG_THRESHOLD, f"the burst built no lag above the threshold (peak {peak_lag}): nothing to scale on"
+    assert 2 <= peak_replicas <= PARTITIONS, f"KEDA did not scale deliver out (peak {peak_replicas} replicas)"
+    assert first_ready_up is not None, "no extra deliver replica ever became ready"
+    assert len(removed) >= peak_replicas - 1, f"scale-in removed {len(removed)} pods, expected {peak_replicas - 1}"
+    unclean = {name: state for name, state in removed.items() if state.get("exitCode") != 0}
+    assert not unclean, f"workers that did not drain and exit 0 on SIGTERM: {unclean}"
+
+
+def test_rolling_update_of_send_and_deliver_under_load_loses_nothing(deployment, tmp_path):
+    before = {f: {p["metadata"]["name"] for p in deployment.pods(f)} for f in ("send", "deliver")}
+    out = tmp_path / "rolling.json"
+    load = chat_load(deployment.url, out, 10, 100, 40, drain=240)
+    try:
+        # Once the load is flowing: a new ReplicaSet for both (what `kubectl apply` of a new image does).
+        sent = topic_size(deployment.env["KAFKA_BROKERS"].split(","), f"{deployment.env['PINGME_NAMESPACE']}.send")
+        wait_for(lambda: sent() >= 800 or load.poll() is not None, timeout=120, interval=0.5,
+                 what="800 messages into the pipeline")
+        assert load.poll() is None, "the load ended before the update"
+        for function in ("send", "deliver"):
+            deployment.kube.kubectl("-n", deployment.namespace, "rollout", "restart", f"deployment/pingme-{function}")
+        for function in ("send", "deliver"):
+            deployment.kube.kubectl("-n", deployment.namespace, "rollout", "status", f"deployment/pingme-{function}",
+                                    "--timeout=180s", timeout=240)
+        load_output, _ = load.communicate(timeout=600)
+    finally:
+        if load.poll() is None:
+            load.kill()
+    assert out.exists(), f"chat_load failed:\n{load_output[-3000:]}"
+    after = {f: {p["metadata"]["name"] for p in deployment.pods(f)} for f in ("send", "deliver")}
+    for function in ("send", "deliver"):
+        assert not before[function] & after[function], f"{function}'s pods were not replaced"
+    check_complete(json.loads(out.read_text()), "the rolling update")
