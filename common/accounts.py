@@ -174,3 +174,14 @@ def update_profile(user_id: int, changes: dict) -> User:
     if not updated:
         raise AppError(Code.USER_NOT_FOUND)
     return profile(user_id)
+
+
+def search(prefix: str, limit: int, after_id: int = 0) -> dict:
+    """Users whose username (any letter case) or nickname starts with ``prefix``, by id, paged
+    (``after_id``: the last id of the page before); what other users see of each (no email)."""
+    rows = list(User.select().where(
+        (User.username_key.startswith(username_key(prefix)) | User.nickname.startswith(prefix))
+        & (User.id > after_id)).order_by(User.id).limit(limit + 1))
+    page = rows[:limit]
+    return {"users": [contact(u) for u in page], "has_more": len(rows) > limit,
+            "next_after": page[-1].id if page else after_id}

@@ -17,9 +17,9 @@ import json
 
 from common.errors import AppError
 
-CLIENT_FRAMES = ("auth", "ping", "send", "ack", "typing", "sync")
+CLIENT_FRAMES = ("auth", "ping", "send", "ack", "typing", "sync", "edit", "recall", "delete", "react", "unreact")
 SERVER_FRAMES = ("auth_ok", "auth_fail", "pong", "message_ack", "message", "receipt", "sync", "typing",
-                 "presence", "error")
+                 "presence", "error", "hidden")
 
 # Close codes (RFC 6455 and the 4xxx range applications own).
 CLOSE_AUTH_FAILED = 4001   # the token was refused (auth_fail says why)

@@ -30,7 +30,7 @@ from common.errors import AppError, Code
 from common.models import init_db, now_ms
 from common.protocol import CLOSE_SERVICE_RESTART, RESTART_REASON
 from common.ratelimit import Limiter
-from gateway import http, metrics, ws
+from gateway import chat_api, http, metrics, ws
 from gateway.inbox import Inbox
 
 logger = logging.getLogger(__name__)
@@ -216,6 +216,7 @@ def create_app(cfg: Config | None = None, gateway: Gateway | None = None) -> Fla
     app.config["MAX_CONTENT_LENGTH"] = validate.MAX_BODY_BYTES  # larger bodies: 413/10011 unread
     app.before_request(http.answer_options)
     app.register_blueprint(http.bp)
+    app.register_blueprint(chat_api.bp)
     http.register_error_handlers(app)
     logger.info("gateway %s ready (env=%s, config=%s)", cfg.app.gateway_id, cfg.app.env,
                 cfg.source or "defaults")

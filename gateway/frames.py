@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 
 # The user's shared budget each frame type is charged to (besides the connection's own).
-USER_LIMITS = {"send": "ws_send_user", "typing": "ws_typing_user", "sync": "ws_sync_user"}
+USER_LIMITS = {"send": "ws_send_user", "typing": "ws_typing_user", "sync": "ws_sync_user",
+               **{kind: "ws_send_user" for kind in chat.EVENTS}}
 
 
 def parse(text) -> tuple[str, dict]:
@@ -54,7 +55,8 @@ def handle(text, conn, gw) -> list[str]:
         _charge(kind, conn, gw)
         return HANDLERS[kind](payload, conn, gw)
     except AppError as exc:
-        ref = payload.get("msg_id") if kind == "send" and isinstance(payload.get("msg_id"), str) else kind
+        sends = kind == "send" or kind in chat.EVENTS
+        ref = payload.get("msg_id") if sends and isinstance(payload.get("msg_id"), str) else kind
         return [error_frame(exc, ref)]
     except (pw.OperationalError, pw.InterfaceError) as exc:
         logger.error("%s frame of conn %s not served code=%d: %s", kind, conn.conn_id, Code.DATABASE_ERROR,
@@ -82,7 +84,24 @@ def on_ping(payload, conn, gw):
 
 
 def on_send(payload, conn, gw):
-    fields = chat.validate_send(payload)
+    _hand_on(chat.validate_send(payload), conn, gw)
+    return []
+
+
+def on_change(kind):
+    """``edit``, ``recall``, ``delete``, ``react``, ``unreact``: through the send function like a
+    send (docs/PROTOCOL.md "Chat features"), but a delete for oneself, answered here."""
+    def handler(payload, conn, gw):
+        if kind == "delete" and validate.choice(payload, "scope", ("everyone", "me"), "everyone") == "me":
+            with db.connection_context():
+                return [frame("hidden", chat.hide(conn.user_id, validate.text(payload, "target_msg_id", max_len=64)))]
+        _hand_on(chat.validate_change(kind, payload), conn, gw)
+        return []
+    return handler
+
+
+def _hand_on(fields: dict, conn, gw) -> None:
+    """Produce a send (or a change) for the send function, whose ack or error comes back later."""
     event = {**fields, "sender_id": conn.user_id, "conn_id": conn.conn_id}
     key = chat.route_key(conn.user_id, fields["to_user_id"], fields["group_id"])
 
@@ -96,7 +115,6 @@ def on_send(payload, conn, gw):
     gw.produce("send", event, key, on_error=failed, reply=True)
     # msg_id → cid: how an operator finds the correlation id of a message a user asks about.
     logger.debug("send %s from user %d conn %s handed on", fields["msg_id"], conn.user_id, conn.conn_id)
-    return []
 
 
 def _conversation_id(payload, required=True):
@@ -137,4 +155,4 @@ def on_auth(payload, conn, gw):
 
 
 HANDLERS = {"ping": on_ping, "send": on_send, "ack": on_ack, "typing": on_typing, "sync": on_sync,
-            "auth": on_auth}
+            "auth": on_auth, **{kind: on_change(kind) for kind in chat.EVENTS}}

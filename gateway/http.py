@@ -49,7 +49,7 @@ def error_response(exc: AppError):
     return jsonify(exc.to_dict()), exc.code.http_status
 
 
-def _gateway():
+def current_gateway():
     return current_app.extensions["pingme"]
 
 
@@ -69,7 +69,7 @@ def _read_body() -> bytes:
         raise AppError(Code.INVALID_PARAMS, "the request body could not be read") from None
 
 
-def _json_body() -> dict:
+def json_body() -> dict:
     """The body as a JSON object, checked whole by common/validate.py (10002 naming the field)."""
     raw = _read_body()
     if not raw:
@@ -82,10 +82,10 @@ def _address() -> str:
     return client_address(request.remote_addr, request.headers.get(rl.proxy_header), rl.trusted_proxies)
 
 
-def _limit(*hits) -> None:
+def limit(*hits) -> None:
     """Charge this request to the named limits (all or none); 429/10007 when one is exhausted."""
     try:
-        _gateway().limiter.enforce(*hits)
+        current_gateway().limiter.enforce(*hits)
     except RateLimited as exc:
         gateway_metrics.rate_limited(exc.rule)
         logger.info("rate limited code=%d rule=%s on %s %s", Code.TOO_MANY_REQUESTS, exc.rule, request.method,
@@ -105,10 +105,10 @@ def require_user(view):
     or answer 401 (30004/30005: expired, forged, or revoked), then charge the user's API limit."""
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
-        gw = _gateway()
+        gw = current_gateway()
         g.claims = accounts.authenticate_claims(_bearer(), gw.cfg, gw.redis)
         g.user_id = int(g.claims["sub"])
-        _limit(("api_user", g.user_id))
+        limit(("api_user", g.user_id))
         return view(*args, **kwargs)
     return wrapper
 
@@ -117,7 +117,7 @@ def directory(view):
     """A user-directory lookup: also charged to the user's directory limit (enumeration)."""
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
-        _limit(("directory_user", g.user_id))
+        limit(("directory_user", g.user_id))
         return view(*args, **kwargs)
     return wrapper
 
@@ -134,7 +134,7 @@ def with_db(view):
 @bp.get("/health")
 def health():
     """Each dependency's check and how long it took; 503 with the first failing one's code."""
-    checks = _gateway().health()
+    checks = current_gateway().health()
     ok = all(check["ok"] for check in checks.values())
     data = {"status": "ok" if ok else "degraded", "checks": checks,
             "gateway_id": current_app.config["PINGME"].app.gateway_id}
@@ -156,7 +156,7 @@ def healthz():
 def readyz():
     """Readiness: every dependency reachable (as /health) and not draining. While the gateway shuts
     down (SIGTERM) it answers 503 with ``status: draining``."""
-    if _gateway().draining:
+    if current_gateway().draining:
         data = {"status": "draining", "gateway_id": current_app.config["PINGME"].app.gateway_id}
         return jsonify({"code": int(Code.SERVER_ERROR), "message": "the gateway is shutting down",
                         "data": data}), 503
@@ -189,10 +189,10 @@ def version():
 
 @bp.post("/api/v1/auth/register")
 def register():
-    fields = accounts.validate_registration(_json_body())  # bad input answered at once, no pipeline
-    _limit(("register_address", _address()))
+    fields = accounts.validate_registration(json_body())  # bad input answered at once, no pipeline
+    limit(("register_address", _address()))
     body = {name: value for name, value in fields.items() if value is not None}
-    return envelope(_gateway().call("register", body), status=201)
+    return envelope(current_gateway().call("register", body), status=201)
 
 
 @bp.post("/api/v1/auth/login")
@@ -200,17 +200,17 @@ def login():
     """Start a session: an access token and a refresh token (common/sessions.py). Limited per
     account and per client address, so guessing one account's password from many addresses and
     many accounts' from one address are both slowed down."""
-    fields = accounts.validate_login(_json_body())
-    _limit(("login_account", username_key(fields["username"])), ("login_address", _address()))
-    return envelope(_gateway().call("login", fields))
+    fields = accounts.validate_login(json_body())
+    limit(("login_account", username_key(fields["username"])), ("login_address", _address()))
+    return envelope(current_gateway().call("login", fields))
 
 
 @bp.post("/api/v1/auth/refresh")
 def refresh():
     """Rotate a refresh token (reusing one revokes its session and closes its sockets)."""
-    token = validate.text(_json_body(), "refresh_token", max_len=200)
-    _limit(("login_address", _address()))
-    gw = _gateway()
+    token = validate.text(json_body(), "refresh_token", max_len=200)
+    limit(("login_address", _address()))
+    gw = current_gateway()
     try:
         return envelope(sessions.refresh(gw.redis, gw.cfg, token))
     except AppError:
@@ -224,7 +224,7 @@ def refresh():
 @require_user
 def logout():
     """End this token's session: its refresh token and its access tokens stop working now."""
-    gw = _gateway()
+    gw = current_gateway()
     sessions.end(gw.redis, gw.cfg, g.claims)
     _revoked(g.user_id)
     return envelope({"logged_out": "session"})
@@ -234,7 +234,7 @@ def logout():
 @require_user
 def logout_all():
     """End every session of the user, on every device."""
-    gw = _gateway()
+    gw = current_gateway()
     sessions.end_all(gw.redis, gw.cfg, g.user_id)
     _revoked(g.user_id)
     return envelope({"logged_out": "everywhere"})
@@ -245,9 +245,9 @@ def logout_all():
 def change_password():
     """Change the password (the current one is asked): every other session ends; this caller gets
     a new session's tokens. Served by the login function (the hash is the cost)."""
-    fields = accounts.validate_password_change(_json_body())
-    _limit(("login_account", f"id:{g.user_id}"))  # guessing the current password is a login
-    result = _gateway().call("login", fields, op="password", user_id=g.user_id)
+    fields = accounts.validate_password_change(json_body())
+    limit(("login_account", f"id:{g.user_id}"))  # guessing the current password is a login
+    result = current_gateway().call("login", fields, op="password", user_id=g.user_id)
     _revoked(g.user_id)
     return envelope(result)
 
@@ -255,7 +255,7 @@ def change_password():
 def _revoked(user_id: int) -> None:
     """Tell every gateway with a socket of the user to re-check its token (and close it with
     4003 when revoked)."""
-    gw = _gateway()
+    gw = current_gateway()
     try:
         gateways = set(presence.lookup(gw.redis, gw.cfg, [user_id], now_ms()).get(user_id, {}).values())
         for gateway_id in gateways:
@@ -276,7 +276,7 @@ def get_profile():
 @require_user
 @with_db
 def put_profile():
-    changes = accounts.validate_profile_update(_json_body())
+    changes = accounts.validate_profile_update(json_body())
     return envelope(accounts.update_profile(g.user_id, changes).public())
 
 
@@ -284,10 +284,10 @@ def put_profile():
 @require_user
 def send_message():
     """Send over HTTP: the same event, idempotency, ack and rate limit as the WebSocket ``send``."""
-    fields = chat.validate_send(_json_body())
-    _limit(("ws_send_user", g.user_id))
+    fields = chat.validate_send(json_body())
+    limit(("ws_send_user", g.user_id))
     key = chat.route_key(g.user_id, fields["to_user_id"], fields["group_id"])
-    reply = _gateway().request("send", {**fields, "sender_id": g.user_id}, key)
+    reply = current_gateway().request("send", {**fields, "sender_id": g.user_id}, key)
     return envelope(rpc.result(reply))
 
 
@@ -298,7 +298,7 @@ def list_conversations():
     return envelope({"conversations": chat.conversations(g.user_id)})
 
 
-def _page_limit() -> int:
+def page_limit() -> int:
     return validate.query_int(request.args.get("limit"), "limit", minimum=1, maximum=chat.MAX_PAGE, default=50)
 
 
@@ -307,7 +307,7 @@ def _page_limit() -> int:
 @with_db
 def conversation_history(conversation_id):
     before = validate.query_int(request.args.get("before_seq"), "before_seq")
-    return envelope(chat.history(g.user_id, conversation_id, before, _page_limit()))
+    return envelope(chat.history(g.user_id, conversation_id, before, page_limit()))
 
 
 @bp.get("/api/v1/messages/offline")
@@ -315,16 +315,16 @@ def conversation_history(conversation_id):
 @with_db
 def offline_messages():
     cursor = validate.query_int(request.args.get("cursor"), "cursor", default=0)
-    return envelope(chat.offline(g.user_id, cursor, _page_limit()))
+    return envelope(chat.offline(g.user_id, cursor, page_limit()))
 
 
-def _announce(stored: chat.Stored | None, also_notify=()) -> None:
+def announce(stored: chat.Stored | None, also_notify=()) -> None:
     """Push a stored system message to the members (sync has it anyway if this fails)."""
     if stored is None:
         return
     event = {"kind": "message", "message": chat.message_view(stored.message, stored.conversation),
              "also_notify": list(also_notify)}
-    _gateway().produce("deliver", event, str(stored.conversation.id),
+    current_gateway().produce("deliver", event, str(stored.conversation.id),
                        on_error=lambda exc: logger.warning("system message push failed code=%d", Code.PRODUCER_ERROR))
 
 
@@ -332,11 +332,11 @@ def _announce(stored: chat.Stored | None, also_notify=()) -> None:
 @require_user
 @with_db
 def create_group():
-    body = _json_body()
+    body = json_body()
     name = validate.text(body, "name", max_len=64)
     member_ids = validate.id_list(body, "member_ids")
-    conv, stored = chat.create_group(g.user_id, name, member_ids)
-    _announce(stored)
+    conv, stored = chat.create_group(g.user_id, name, member_ids, current_app.config["PINGME"].chat.max_group_members)
+    announce(stored)
     return envelope(chat.group_view(conv), status=201)
 
 
@@ -352,7 +352,7 @@ def get_group(group_id):
 @with_db
 def list_members(group_id):
     members = chat.group_members(g.user_id, group_id)
-    gw = _gateway()
+    gw = current_gateway()
     online = presence.lookup(gw.redis, gw.cfg, [m["user_id"] for m in members], now_ms())
     return envelope({"members": [{**m, "online": m["user_id"] in online} for m in members]})
 
@@ -361,9 +361,9 @@ def list_members(group_id):
 @require_user
 @with_db
 def add_members(group_id):
-    user_ids = validate.id_list(_json_body(), "user_ids", allow_empty=False)
-    stored = chat.add_members(g.user_id, group_id, user_ids)
-    _announce(stored)
+    user_ids = validate.id_list(json_body(), "user_ids", allow_empty=False)
+    stored = chat.add_members(g.user_id, group_id, user_ids, current_app.config["PINGME"].chat.max_group_members)
+    announce(stored)
     return envelope(chat.group_view(chat.get_group(g.user_id, group_id)))
 
 
@@ -371,7 +371,7 @@ def add_members(group_id):
 @require_user
 @with_db
 def remove_member(group_id, user_id):
-    _announce(chat.remove_member(g.user_id, group_id, user_id), also_notify=[user_id])
+    announce(chat.remove_member(g.user_id, group_id, user_id), also_notify=[user_id])
     return envelope({"group_id": group_id, "user_id": user_id, "removed": True})
 
 
@@ -384,7 +384,7 @@ def user_status(user_id):
     told of it by presence frames); anyone else, existing or not, is 10004."""
     if user_id != g.user_id and g.user_id not in chat.contact_ids(user_id):
         raise AppError(Code.FORBIDDEN, "presence is shown to contacts only")
-    gw = _gateway()
+    gw = current_gateway()
     return envelope(presence.status(gw.redis, gw.cfg, [user_id], now_ms())[user_id])
 
 

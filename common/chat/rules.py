@@ -80,6 +80,8 @@ def validate_change(kind: str, payload) -> dict:
 def validate_event(e: dict) -> dict:
     """A send event as the send function gets it: a send or a change, by its content_type."""
     kind = e.get("content_type")
+    if kind in ("react", "unreact"):
+        return validate_change(kind, {**e, "emoji": e.get("content")})  # the emoji travels as content
     if kind in EVENTS:
         return validate_change(kind, e)
     return validate_send(e)

@@ -290,7 +290,8 @@ def test_bad_frames_get_errors_and_the_connection_stays_healthy(cfg, gw1, client
     a.ws.send("{not json")
     assert a.expect("error")["code"] == 10002
     a.send("dance", {})
-    assert a.expect("error") == {"code": 10002, "message": "unknown frame type 'dance'", "ref": "dance"}
+    assert a.expect("error") == {"code": 10002, "message": "unknown frame type 'dance'", "field": "type",
+                                  "ref": "dance"}
     msg = mid()
     a.send("send", {"msg_id": msg, "to_user_id": alice.id + 10**6})
     assert a.expect("error")["ref"] == msg

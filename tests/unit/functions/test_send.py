@@ -171,3 +171,12 @@ def test_an_edit_through_the_function_is_acknowledged_and_handed_to_delivery_as_
                                             content_type="recall", target_msg_id="m-1"), ctx)
     assert pushed(refusal)[1]["payload"]["code"] == Code.NOT_MESSAGE_SENDER
     assert Message.get(Message.msg_id == "m-1").state == ""
+
+
+def test_a_reaction_through_the_function_carries_its_emoji_as_content(ctx, users):
+    alice, bob = users
+    send.handle(make_send_event(msg_id="m-1", sender_id=alice, to_user_id=bob), ctx)
+    deliver, ack = send.handle(make_send_event(msg_id="r-1", sender_id=bob, to_user_id=alice, content="🎉",
+                                               content_type="react", target_msg_id="m-1"), ctx)
+    assert (deliver.value["message"]["content_type"], deliver.value["message"]["content"]) == ("react", "🎉")
+    assert pushed(ack)[1]["type"] == "message_ack"
