@@ -6,6 +6,8 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
+
 
 class Receiver:
     def __init__(self, statuses=()):
@@ -39,3 +41,11 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    """A receiver for one test (import it into a test module to use it)."""
+    receiver = Receiver()
+    yield receiver
+    receiver.close()

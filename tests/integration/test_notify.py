@@ -7,14 +7,7 @@ import pytest
 
 from tests.integration.conftest import wait_for
 from tests.integration.test_messaging import Client, make_users, mid
-from tests.webhook import Receiver
-
-
-@pytest.fixture
-def receiver():
-    receiver = Receiver()
-    yield receiver
-    receiver.close()
+from tests.webhook import receiver  # noqa: F401 (a fixture)
 
 
 @pytest.fixture

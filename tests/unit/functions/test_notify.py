@@ -12,14 +12,7 @@ from common.models import ConversationMember as Member
 from functions import notify
 from functions.api import Invalid, Transient
 from tests.unit.functions.conftest import make_event, make_user
-from tests.webhook import Receiver
-
-
-@pytest.fixture
-def receiver():
-    receiver = Receiver()
-    yield receiver
-    receiver.close()
+from tests.webhook import Receiver, receiver  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
