@@ -14,6 +14,9 @@ rate-limited (common/ratelimit.py) by client address before authentication and b
 from __future__ import annotations
 
 import functools
+import hmac
+import ipaddress
+import json
 import logging
 import os
 import platform
@@ -22,6 +25,7 @@ import subprocess
 import gevent
 import peewee as pw
 import redis
+import yaml
 from flask import Blueprint, current_app, g, jsonify, request
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import HTTPException
@@ -37,8 +41,17 @@ from gateway import metrics as gateway_metrics
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("http", __name__)
-# A path id: what the database holds (an id of 2^63 or more matches no route: 404, never a 500).
-ID = f"int(min=1, max={validate.INT64_MAX})"
+# A path id. Werkzeug's int converter with bounds answered 405 rather than 404 for an id out of range
+# on a path that takes other methods (found by schemathesis), so the range is checked by
+# check_path_ids: outside 1..2^63-1 (what the database holds) is 404/10005, never a 500.
+ID = "int"
+
+
+@bp.before_app_request
+def check_path_ids():
+    for value in (request.view_args or {}).values():
+        if isinstance(value, int) and not 1 <= value <= validate.INT64_MAX:
+            raise AppError(Code.NOT_FOUND)
 
 
 def envelope(data=None, code: Code = Code.SUCCESS, status: int | None = None):
@@ -53,16 +66,15 @@ def current_gateway():
     return current_app.extensions["pingme"]
 
 
-BODY_TIMEOUT_S = 10.0  # a body that has not fully arrived by then is answered 408 (slow-body floods)
-
-
 def _read_body() -> bytes:
-    """The request body, whole, within :data:`BODY_TIMEOUT_S`; 408, 413 or 400 otherwise."""
+    """The request body, whole, within ``app.body_timeout_ms`` (a slow-body flood holds no
+    connection longer); 408, 413 or 400 otherwise."""
+    timeout_s = current_app.config["PINGME"].app.body_timeout_ms / 1000
     try:
-        with gevent.Timeout(BODY_TIMEOUT_S):
+        with gevent.Timeout(timeout_s):
             return request.get_data(cache=True)
     except gevent.Timeout:
-        logger.warning("request body not complete after %.0f s code=%d", BODY_TIMEOUT_S, Code.REQUEST_TIMEOUT)
+        logger.warning("request body not complete after %.1f s code=%d", timeout_s, Code.REQUEST_TIMEOUT)
         raise AppError(Code.REQUEST_TIMEOUT) from None
     except (ParseException, OSError, ValueError) as exc:  # a malformed chunked body, a reset
         logger.info("request body unreadable code=%d: %s", Code.INVALID_PARAMS, type(exc).__name__)
@@ -80,6 +92,21 @@ def json_body() -> dict:
 def _address() -> str:
     rl = current_app.config["PINGME"].ratelimit
     return client_address(request.remote_addr, request.headers.get(rl.proxy_header), rl.trusted_proxies)
+
+
+def operator() -> bool:
+    """Whether this request may see operators' details: from ``app.operator_networks`` (the client
+    address; behind a trusted proxy, the one it reports) or with ``app.operator_token`` as bearer."""
+    app_cfg = current_app.config["PINGME"].app
+    if app_cfg.operator_token:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), app_cfg.operator_token.encode()):
+            return True
+    try:
+        ip = ipaddress.ip_address(_address())
+    except ValueError:
+        return False
+    return any(ip in net for net in app_cfg.operator_networks)
 
 
 def limit(*hits) -> None:
@@ -138,6 +165,8 @@ def health():
     ok = all(check["ok"] for check in checks.values())
     data = {"status": "ok" if ok else "degraded", "checks": checks,
             "gateway_id": current_app.config["PINGME"].app.gateway_id}
+    if not operator():  # a probe needs the status only
+        data = {"status": data["status"]}
     if ok:
         return envelope(data)
     code = {"db": Code.DATABASE_ERROR, "redis": Code.CACHE_ERROR, "kafka": Code.KAFKA_ERROR}[
@@ -149,6 +178,8 @@ def health():
 def healthz():
     """Liveness: the worker answers. No dependency is checked: an outage must take a gateway out of
     rotation (/readyz), not get it restarted; it recovers by itself when the dependency is back."""
+    if not operator():
+        return envelope({"status": "alive"})
     return envelope({"status": "alive", "gateway_id": current_app.config["PINGME"].app.gateway_id})
 
 
@@ -157,7 +188,9 @@ def readyz():
     """Readiness: every dependency reachable (as /health) and not draining. While the gateway shuts
     down (SIGTERM) it answers 503 with ``status: draining``."""
     if current_gateway().draining:
-        data = {"status": "draining", "gateway_id": current_app.config["PINGME"].app.gateway_id}
+        data = {"status": "draining"}
+        if operator():
+            data["gateway_id"] = current_app.config["PINGME"].app.gateway_id
         return jsonify({"code": int(Code.SERVER_ERROR), "message": "the gateway is shutting down",
                         "data": data}), 503
     return health()
@@ -165,7 +198,10 @@ def readyz():
 
 @bp.get("/metrics")
 def metrics():
-    """Prometheus text: this gateway's metrics (gateway/metrics.py) and the DLQ depth by code."""
+    """Prometheus text: this gateway's metrics (gateway/metrics.py) and the DLQ depth by code; for
+    operators only (403/10004 for anyone else)."""
+    if not operator():
+        raise AppError(Code.FORBIDDEN, "metrics are for operators (app.operator_networks, app.operator_token)")
     return gateway_metrics.exposition(), 200, {"Content-Type": gateway_metrics.CONTENT_TYPE}
 
 
@@ -184,7 +220,24 @@ def _build_info() -> dict:
 
 @bp.get("/version")
 def version():
+    """Name and version; the build (commit, time, Python) for operators only."""
+    if not operator():
+        return envelope({"name": "pingme", "version": __version__})
     return envelope({"name": "pingme", "version": __version__, "build": _build_info()})
+
+
+@functools.lru_cache(maxsize=1)
+def _openapi() -> str:
+    return json.dumps(yaml.safe_load((REPO_ROOT / "docs" / "openapi.yaml").read_text()))
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """docs/openapi.yaml as JSON: this API's OpenAPI 3.1 document (the image copies it too)."""
+    try:
+        return _openapi(), 200, {"Content-Type": "application/json"}
+    except FileNotFoundError:
+        raise AppError(Code.NOT_FOUND, "this installation has no docs/openapi.yaml") from None
 
 
 @bp.post("/api/v1/auth/register")

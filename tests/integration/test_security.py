@@ -32,6 +32,8 @@ LIMITS = {
     "RATE_LIMIT_WS_SEND_USER": "4/1m",
     "RATE_LIMIT_WS_TYPING_USER": "2/1m",
     "RATE_LIMIT_WS_SYNC_USER": "3/1m",
+    "BODY_TIMEOUT_MS": "1000",
+    "OPERATOR_TOKEN": "operator-token-for-the-security-tests-0123456789",
 }
 
 
@@ -126,8 +128,10 @@ def no_traceback(gw) -> None:
     ("DELETE", "/api/v1/user/profile", 405, 10009),
     ("GET", "/ws", 426, 10010),
     ("GET", "/no/such/path", 404, 10005),
-    ("GET", f"/api/v1/users/{2 ** 63}", 404, 10005),          # beyond the database's ids: no route
+    ("GET", f"/api/v1/users/{2 ** 63}", 404, 10005),          # beyond the database's ids
     ("GET", "/api/v1/groups/0", 404, 10005),
+    ("DELETE", f"/api/v1/blocks/{2 ** 63}", 404, 10005),      # was 405: Werkzeug's bounded int converter
+    ("PATCH", f"/api/v1/groups/{10 ** 30}", 404, 10005),
 ])
 def test_framework_answers_are_json_with_table_codes(gw, method, path, status, code):
     got, headers, body = call(gw, method, path)
@@ -190,16 +194,71 @@ def test_hostile_authenticated_input_is_10002_never_500(gw):
     no_traceback(gw)
 
 
-def test_a_malformed_chunked_body_is_10002(gw):
+def raw_answer(gw, request: bytes) -> tuple[bytes, bytes, float]:
+    """(head, body, seconds until it came) of the answer to raw request bytes."""
     host, port = gw.base.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n")
-        answer = sock.recv(65536)
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _length(answer):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body, time.monotonic() - started
+
+
+def _length(answer: bytes) -> int:
+    for line in answer.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+def test_a_malformed_chunked_body_is_10002(gw):
+    head, body, _ = raw_answer(gw, b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                   b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n")
+    answer = head + b"\r\n\r\n" + body
     assert head.startswith(b"HTTP/1.1 400"), answer[:300]
     assert json.loads(body)["code"] == 10002, answer
     no_traceback(gw)
+
+
+def test_a_body_that_never_completes_is_408_after_the_body_timeout(gw):
+    head, body, seconds = raw_answer(gw, b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                         b"Content-Length: 100\r\n\r\n{\"username\":")  # and then nothing
+    assert head.startswith(b"HTTP/1.1 408"), head
+    assert json.loads(body)["code"] == 10012
+    assert 0.9 <= seconds < 5.0  # BODY_TIMEOUT_MS=1000 (it was held for gunicorn's 30 s, the issue saw 90 s)
+
+
+def test_operators_details(gw):
+    token = LIMITS["OPERATOR_TOKEN"]
+    outsider = address()  # through the trusted proxy: not in app.operator_networks (loopback)
+    for path in ("/health", "/readyz"):
+        assert call(gw, "GET", path, addr=outsider)[2]["data"] == {"status": "ok"}
+        assert set(call(gw, "GET", path)[2]["data"]) == {"status", "checks", "gateway_id"}  # 127.0.0.1
+    assert call(gw, "GET", "/healthz", addr=outsider)[2]["data"] == {"status": "alive"}
+    assert "build" not in call(gw, "GET", "/version", addr=outsider)[2]["data"]
+    assert set(call(gw, "GET", "/version", addr=outsider, token=token)[2]["data"]["build"]) == {"commit", "built_at", "python"}
+    assert call(gw, "GET", "/metrics", addr=outsider)[:3:2] == (403, {"code": 10004, "message": "metrics are for operators (app.operator_networks, app.operator_token)"})
+    host, port = gw.base.removeprefix("http://").split(":")
+    for bearer, expected in ((token, 200), ("x" + token, 403)):
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {bearer}", "X-Forwarded-For": outsider})
+        assert conn.getresponse().status == expected
+        conn.close()
+
+
+def test_the_openapi_document_is_served(gw):
+    import yaml
+
+    from tests.unit.test_openapi import DOC
+    status, _, body = call(gw, "GET", "/openapi.json")
+    assert status == 200 and body == yaml.safe_load(DOC.read_text())
 
 
 # -- rate limits --------------------------------------------------------------------------------
