@@ -199,7 +199,10 @@ function onAck(ack) {
   state.pending.delete(ack.msg_id);
   savePending();
   let conv = state.convs.get(ack.conversation_id);
-  if (!conv && pending.peerId != null && state.drafts.has(pending.peerId)) conv = adoptDraft(pending.peerId, ack.conversation_id);
+  if (!conv && pending.peerId != null && state.drafts.has(pending.peerId)) {
+    conv = adoptDraft(pending.peerId, ack.conversation_id);
+    loadPresence(pending.peerId);  // presence is shown to contacts only: you are one now
+  }
   if (!conv) {
     refreshConversations().catch(showError);
     return;
