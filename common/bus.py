@@ -142,6 +142,24 @@ def _uncap_fetch_wait(consumer: KafkaConsumer) -> None:
     coordinator.time_to_next_poll = lambda: float("inf")
 
 
+def leave_group(cfg: Config, function: str) -> None:
+    """Take a static member (``kafka.group_instance_id``) out of the function's group now.
+
+    A static member does not leave its group when it closes (that is the point: a restarted worker
+    takes its partitions back without a rebalance), so a worker stopped for good (a scale-down, a
+    rolling deploy under new pod names) would hold its partitions for the session timeout. The
+    runtime calls this after a SIGTERM drain, so a deliberate stop hands the partitions on at once,
+    as a dynamic member's would; a crash keeps them for the restart."""
+    from kafka.admin import MemberToRemove
+    admin = KafkaAdminClient(bootstrap_servers=list(cfg.kafka.brokers),
+                             client_id=f"{cfg.app.namespace}-admin", request_timeout_ms=5_000)
+    try:
+        admin.remove_group_members(cfg.group(function),
+                                   [MemberToRemove(group_instance_id=cfg.kafka.group_instance_id)])
+    finally:
+        admin.close()
+
+
 def ensure_topics(cfg: Config, names: Iterable[str] = TOPICS) -> list[str]:
     """Create the missing topics (short names); return the full names of those created."""
     admin = KafkaAdminClient(bootstrap_servers=list(cfg.kafka.brokers),

@@ -38,7 +38,8 @@ Contract:
   context while the event is handled and is copied onto each of its Kafka outputs (retry and DLQ
   records keep all of its headers anyway), so one grep follows a message gateway → send → deliver.
 * **SIGTERM drains**: stop polling, finish the batch, wait for its acknowledgement, commit (and
-  wait for that), exit 0.
+  wait for that), exit 0. A static group member (``kafka.group_instance_id``) then leaves its group
+  explicitly, which it does not do by itself; after a crash it keeps its partitions for its restart.
 * A worker keeps one database connection (Peewee opens it on first use); a database error hands it
   back to the pool, which pings it before the next event uses it, so a restarted database heals.
 * **Time is injected**: the worker's wall clock (``clock``, milliseconds: what handlers see as
@@ -473,6 +474,17 @@ def install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, on_signal)
 
 
+def _leave_group(name: str, config: Config) -> None:
+    """A drained static member leaves its group (common.bus.leave_group); best effort: if it
+    cannot, its partitions move on after the session timeout."""
+    try:
+        bus.leave_group(config, name)
+        logger.info("function %s left group %s as %s", name, config.group(name), config.kafka.group_instance_id)
+    except Exception as exc:  # the broker away at shutdown: the session timeout does it
+        logger.warning("function %s could not leave its group code=%d: %s", name, Code.CONSUMER_GROUP_ERROR,
+                       _error_text(exc))
+
+
 def serve(name: str, module: ModuleType, config: Config, stop: threading.Event) -> None:
     """Run one function until ``stop`` is set (by SIGTERM/SIGINT in the process entry point)."""
     state, redis_client = probes.WorkerState(), bus.make_redis(config)
@@ -485,6 +497,8 @@ def serve(name: str, module: ModuleType, config: Config, stop: threading.Event) 
             worker.run()
         finally:
             worker.close()
+        if config.kafka.group_instance_id:
+            _leave_group(name, config)
     finally:
         if server is not None:
             server.shutdown()
