@@ -28,6 +28,10 @@ CLOSE_AUTH_TIMEOUT = 4002  # no auth frame in time
 # token): log in (or refresh) again before reconnecting; a reconnect with the same token is refused.
 CLOSE_TOKEN_REVOKED = 4003
 REVOKED_REASON = "token revoked; log in again"
+# "Policy Violation": the client kept sending far past its frame budget (ratelimit.ws_connection)
+# after being told 10007; reconnect later and slow down. (Also a missed pong.)
+CLOSE_FLOODING = 1008
+FLOODING_REASON = "too many frames past the rate limit; slow down"
 # "Unexpected condition": a server error (logged); reconnect as for 1013.
 CLOSE_SERVER_ERROR = 1011
 # "Service Restart": this gateway is shutting down (SIGTERM). Reconnect, maybe to another gateway,

@@ -70,6 +70,8 @@ def _charge(kind: str, conn, gw) -> None:
         wait = conn.bucket.take(now_ms())
         if wait:
             metrics.rate_limited("ws_connection")
+            if conn.abuse is not None and conn.abuse.take(now_ms()):
+                conn.flooding = True  # refused more than FLOOD_FACTOR times its budget: the route closes it
             raise RateLimited(Decision(False, wait, "ws_connection"))
     rule = USER_LIMITS.get(kind)
     if rule is not None:

@@ -47,15 +47,19 @@ from wsproto.utilities import LocalProtocolError
 from common import accounts, logs, presence, protocol, sessions, validate
 from common.errors import AppError, Code
 from common.models import now_ms
-from common.protocol import (CLOSE_AUTH_FAILED, CLOSE_AUTH_TIMEOUT, CLOSE_SERVER_ERROR, CLOSE_SERVICE_RESTART,
-                             CLOSE_TOKEN_REVOKED, CLOSE_TRY_AGAIN, RESTART_REASON, REVOKED_REASON)
-from common.ratelimit import Bucket
+from common.protocol import (CLOSE_AUTH_FAILED, CLOSE_AUTH_TIMEOUT, CLOSE_FLOODING, CLOSE_SERVER_ERROR,
+                             CLOSE_SERVICE_RESTART, CLOSE_TOKEN_REVOKED, CLOSE_TRY_AGAIN, FLOODING_REASON,
+                             RESTART_REASON, REVOKED_REASON)
+from common.ratelimit import Bucket, Rate
 from gateway import frames, metrics
 
 logger = logging.getLogger(__name__)
 
 sock = flask_sock.Sock()
 AUTH_TIMEOUT_S = 10
+# A socket whose refused frames exceed this many times its frame budget within the budget's period is
+# closed with 1008 (each refused frame still costs a parse and an answer).
+FLOOD_FACTOR = 4
 RECEIVE_POLL_S = 30
 SERVER_OPTIONS = {"ping_interval": 25, "max_message_size": 64 * 1024}
 DEFAULT_BACKLOG = 256
@@ -218,6 +222,10 @@ class Connection:
         # revoked) and its own frame budget (ratelimit.ws_connection; None: not limited).
         self.claims = claims or {"sub": str(user_id)}
         self.bucket = Bucket(rate) if rate is not None else None
+        # Refused frames have a budget too: FLOOD_FACTOR times the frame budget per period. A client
+        # that spends it (it keeps sending after 10007) is closed with 1008.
+        self.abuse = Bucket(Rate(rate.count * FLOOD_FACTOR, rate.period_s)) if rate is not None else None
+        self.flooding = False
         ws.sock.limit = limit
 
     def push(self, text: str) -> bool:
@@ -470,6 +478,13 @@ def _serve(ws, gw) -> None:
             with logs.correlation(logs.new_cid()):  # one correlation id per client frame
                 for reply in frames.handle(text, conn, gw):
                     conn.push(reply)
+            if conn.flooding:
+                logger.info("conn %s of user %d closed code=%d: flooding past its frame budget", conn.conn_id,
+                            user_id, CLOSE_FLOODING)
+                conn.close(CLOSE_FLOODING, FLOODING_REASON)
+            # A burst of frames read in one go is handled without waiting for the socket: let the
+            # other connections' greenlets run between two frames (a flood must not stall them).
+            gevent.sleep(0)
     except simple_websocket.ConnectionClosed:
         raise
     except Exception as exc:  # closed here with its code: the close in `finally` would say 1000

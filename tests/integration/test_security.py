@@ -13,6 +13,7 @@ import random
 import socket
 import time
 import uuid
+from collections import Counter
 
 import pytest
 
@@ -324,6 +325,18 @@ def test_a_frame_flood_is_refused_per_connection_and_the_socket_stays_usable(gw)
     assert len(pongs) == 30 and len(refused) == 30
     assert all(p["code"] == 10007 and p["ref"] == "ping" and p["retry_after_ms"] >= 1 for p in refused)
     ws.close()
+
+
+def test_a_socket_that_keeps_flooding_after_10007_is_closed_with_1008(gw):
+    user = register(gw)
+    ws = open_ws(gw, login(gw, user)["token"])
+    for _ in range(30 + 4 * 30 + 1):  # its budget, then more than 4 times it refused in its period (10 s)
+        ws.send_text('{"type":"ping","payload":{}}')
+    kinds = Counter()
+    with pytest.raises(rawws.Closed) as closed:
+        while True:
+            kinds[json.loads(ws.receive(timeout=10))["type"]] += 1
+    assert closed.value.code == 1008 and kinds == {"pong": 30, "error": 4 * 30 + 1}
 
 
 def test_sends_are_limited_per_user_across_connections(gw):

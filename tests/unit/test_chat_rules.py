@@ -71,7 +71,7 @@ class RecordingGateway:
 
 
 class Conn:
-    user_id, conn_id, bucket = 5, "c5", None
+    user_id, conn_id, bucket, abuse = 5, "c5", None, None
 
     def __init__(self):
         self.pushed = []
