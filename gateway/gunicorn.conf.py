@@ -10,10 +10,14 @@ short waits before gunicorn exits the worker 0.1 s later.
 """
 import resource
 import signal
+import sys
 
 from common import config as _config, logs as _logs
 
-_cfg = _config.load()
+try:
+    _cfg = _config.load()
+except _config.ConfigError as _exc:  # one line naming the key, not gunicorn's traceback of this file
+    sys.exit(f"config error: {_exc}")
 
 
 def _raise_open_files(wanted: int) -> None:

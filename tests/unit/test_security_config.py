@@ -27,3 +27,22 @@ def test_the_operator_token_is_a_secret():
 def test_bad_values_name_the_key(env, key):
     with pytest.raises(config.ConfigError, match=rf"^{key} "):
         config.load({"APP_CONF": "/dev/null", **env})
+
+
+@pytest.mark.parametrize("command", [
+    ["-m", "gunicorn", "-c", "gateway/gunicorn.conf.py", "gateway.wsgi:app"],
+    ["-m", "functions", "all"],
+])
+def test_a_bad_production_secret_stops_the_process_with_one_line(command):
+    """Not a traceback, not a restart loop: exit non-zero with the key named."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "APP_CONF": "/dev/null", "APP_ENV": "production", "JWT_SECRET": "short",
+           "APP_PORT": "1", "LOG_FORMAT": "text"}
+    done = subprocess.run([sys.executable, *command], cwd=config.REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    output = (done.stdout + done.stderr).strip().splitlines()
+    assert done.returncode != 0
+    assert len(output) == 1 and "JWT_SECRET (jwt.secret): production needs a secret" in output[0], output
