@@ -8,7 +8,7 @@ VENV := .state/venv
 PYTHON := $(VENV)/bin/python
 export PYTHON BASE_PYTHON
 
-.PHONY: help install deps services dev bench-dev stop status test test-unit test-integration config-table
+.PHONY: help install deps services dev bench-dev stop status test test-unit test-integration test-cluster config-table
 
 help:
 	@echo "make dev        start Kafka, Redis, the functions and the gateway (SQLite); prints the web client's URL"
@@ -16,6 +16,7 @@ help:
 	@echo "make test       start the real servers if needed and run the whole test suite"
 	@echo "make test-unit  the pure unit tests only (no servers)"
 	@echo "make bench-dev  the system as benchmarked (MariaDB, fast password hashing): docs/BENCHMARKS.md"
+	@echo "make test-cluster  KEDA autoscaling on a real one-node Kubernetes (deploy/local/cluster.sh): docs/DEPLOY.md"
 
 install: deps
 	bash $(SERVICES) install
@@ -59,6 +60,11 @@ test-unit: deps
 
 test-integration: deps services
 	$(PYTHON) -m pytest -q tests/integration
+
+# The autoscaling tests on a local one-node Kubernetes with KEDA (deploy/local/cluster.sh starts it if
+# needed and the tests stop it again): not part of `make test` (docs/DEPLOY.md has the costs).
+test-cluster: deps services
+	$(PYTHON) -m pytest -q -m cluster tests/cluster
 
 config-table:
 	@$(PYTHON) -m common.config --markdown
