@@ -1,5 +1,6 @@
 """Entry point: ``python -m functions NAME`` runs one function; ``all`` (or several names) runs
-each in a child process, restarts a child that dies, and passes SIGTERM/SIGINT on for draining.
+each in a child process, restarts a child that dies (under the same static group membership, so
+it takes its partitions back at once), and passes SIGTERM/SIGINT on for draining.
 
 With ``app.function_port`` (``FUNCTION_PORT``) = P, a child serves its probes on P + its index in
 :data:`functions.FUNCTIONS` (register P, login P+1, send P+2, ...), so ports never collide and
@@ -10,6 +11,7 @@ import importlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -56,8 +58,14 @@ def supervise(names: list[str]) -> int:
     children: dict[str, subprocess.Popen] = {}
     stopping = False
 
+    # Static group membership for the children (docs/OPERATIONS.md, Failover): a child that dies is
+    # restarted under the same group.instance.id and takes its partitions back at once. One name
+    # per supervisor (each child is in its own function's group); an explicit setting wins.
+    instance_id = os.environ.get("KAFKA_GROUP_INSTANCE_ID") or f"{socket.gethostname()}-{os.getpid()}"
+
     def start(name: str) -> None:
-        env = {**os.environ, "FUNCTION_PORT": str(probe_port(name, base_port))}
+        env = {**os.environ, "FUNCTION_PORT": str(probe_port(name, base_port)),
+               "KAFKA_GROUP_INSTANCE_ID": instance_id}
         children[name] = subprocess.Popen([sys.executable, "-m", "functions", name], env=env)
         logger.info("started %s (pid %d)", name, children[name].pid)
 

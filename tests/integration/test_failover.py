@@ -5,19 +5,24 @@ that does not. With dynamic membership a worker killed with SIGKILL and restarte
 partitions back only when the group dropped the dead member, after the session timeout (10 s by
 default; tests/load/failover.py measures it); with a static one, the restarted worker takes them
 back at once. A static member stopped with SIGTERM leaves its group explicitly (it would otherwise
-hold its partitions for the session timeout). Marked slow (about a minute).
+hold its partitions for the session timeout). `python -m functions all` gives its children static
+membership, so a child it restarts takes its partitions back at once. Marked slow (about 40 s).
 """
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 from common import bus, config as config_mod
-from tests.integration.conftest import group_assignment, wait_for
+from tests.integration.conftest import Proc, group_assignment, wait_for
 from tests.integration.test_messaging import Client, make_users, mid
+from tests.load import procstats
 
 pytestmark = pytest.mark.slow
 SESSION_MS = 30_000
@@ -73,3 +78,30 @@ def test_a_static_worker_stopped_with_sigterm_hands_its_partitions_on_at_once(ba
     assert handed_on < TAKEOVER_MAX_S, handed_on
     assert "left group" in first.log()
     assert second.popen.poll() is None
+
+
+def test_the_supervisor_restarts_a_killed_child_under_the_same_membership(cfg, base_env, procs, start_gateway):
+    # `python -m functions send deliver` (as `make dev` runs `all`): its children are static members.
+    env = _env()
+    bus.ensure_topics(config_mod.load({**base_env, **env}))
+    supervisor = Proc([sys.executable, "-m", "functions", "send", "deliver"], {**base_env, **env}, "fn-supervisor")
+    procs.procs.append(supervisor)
+    wait_for(lambda: supervisor.log().count("partitions assigned: [0, 1]") == 2, timeout=60,
+             what="both children to hold their partitions")
+    gw = start_gateway(**env)
+    alice, bob = make_users(cfg, 2)
+    a = Client(gw, alice)
+    a.send("send", {"msg_id": mid(), "to_user_id": bob.id, "content": "before"})
+    assert a.expect("message_ack", timeout=30)["seq"] == 1
+
+    [send_child] = [pid for pid in procstats.children(supervisor.popen.pid)
+                    if b"send" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+    os.kill(send_child, signal.SIGKILL)
+    killed = time.monotonic()
+    after = mid()
+    a.send("send", {"msg_id": after, "to_user_id": bob.id, "content": "after"})
+    ack = a.expect("message_ack", timeout=SESSION_MS / 1000 + 30, where=lambda p: p["msg_id"] == after)
+    stall = time.monotonic() - killed
+    print(f"supervisor's child killed: the next message acked {stall:.1f} s after the kill")
+    assert ack["seq"] == 2 and stall < TAKEOVER_MAX_S, stall
+    a.close()
