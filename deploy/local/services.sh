@@ -3,6 +3,7 @@
 #
 #   deploy/local/services.sh {install|start|stop|status|env} [kafka|redis|mariadb ...]
 #   deploy/local/services.sh venv DIR     (the project's Python virtualenv; see make_venv)
+#   KAFKA_NODES=3 deploy/local/services.sh start kafka   (a three-node KRaft cluster instead)
 #
 # No names = all three. Runs as root on a bare Debian 12 machine: installs what
 # is missing (apt: redis-server, mariadb-server, Java 17, Maven; Maven Central:
@@ -26,6 +27,10 @@ KAFKA_CONTROLLER_PORT="${PINGME_KAFKA_CONTROLLER_PORT:-19093}"
 REDIS_PORT="${PINGME_REDIS_PORT:-16379}"
 MYSQL_PORT="${PINGME_MYSQL_PORT:-13306}"
 HOST=127.0.0.1
+# KAFKA_NODES=3: three combined broker+controller nodes on loopback (node i on KAFKA_PORT and
+# KAFKA_CONTROLLER_PORT + 100 * (i - 1)), replication factor 3 and min.insync.replicas 2, in
+# $STATE/kafka-cluster/node<i>. 1 (the default): the single node of $STATE/kafka.
+KAFKA_NODES="${KAFKA_NODES:-1}"
 
 # Throwaway credentials of the loopback dev/test database (not a secret).
 DB_USER=pingme
@@ -369,6 +374,7 @@ start_mariadb() {
 
 start_one() {
   local svc="$1" pid port
+  if [[ $svc == kafka && $KAFKA_NODES -ne 1 ]]; then start_kafka_cluster; return; fi
   port="$(port_of "$svc")"
   if pid="$(running_pid "$svc")"; then
     if port_open "$port"; then
@@ -392,6 +398,112 @@ start_one() {
   "start_$svc"
 }
 
+# ------------------------------------------------------- a Kafka cluster ---
+
+node_port() { echo $((KAFKA_PORT + 100 * ($1 - 1))); }
+node_cport() { echo $((KAFKA_CONTROLLER_PORT + 100 * ($1 - 1))); }
+node_dir() { echo "$STATE/kafka-cluster/node$1"; }
+
+node_pid() {  # node_pid I: the pid of running node I (checked against its command line), or fail
+  local f pid cmdline
+  f="$(node_dir "$1")/kafka.pid"
+  [[ -s "$f" ]] || return 1
+  pid="$(tr -dc '0-9' <"$f")"
+  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+  [[ "$cmdline" == *"$(node_dir "$1")/server.properties"* ]] || return 1
+  echo "$pid"
+}
+
+cluster_list() {  # cluster_list FN: "FN 1,FN 2,FN 3" (each node's FN output, joined by commas)
+  local i out=""
+  for ((i = 1; i <= KAFKA_NODES; i++)); do out+="${out:+,}$("$1" "$i")"; done
+  echo "$out"
+}
+voter_of() { echo "$1@$HOST:$(node_cport "$1")"; }
+broker_of() { echo "$HOST:$(node_port "$1")"; }
+
+# Starts the nodes that are not running (all of them at first: a quorum needs two), then waits
+# until each answers. Small heaps: three JVMs share two cores.
+start_kafka_cluster() {
+  [[ $KAFKA_NODES -eq 3 ]] || die "KAFKA_NODES must be 1 or 3 (got $KAFKA_NODES)"
+  local java i d props cid t0 pid rc
+  local -a started=()
+  java="$(java_bin)"
+  local -a jvm=(-Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError
+                -Djava.awt.headless=true "-Dlog4j2.configurationFile=$HERE/kafka/log4j2.xml" -cp "$KAFKA_LIBS/*")
+  t0="$(now)"
+  mkdir -p "$STATE/kafka-cluster"
+  cid="$(cat "$STATE/kafka-cluster/cluster.id" 2>/dev/null || true)"
+  if [[ -z "$cid" ]]; then
+    cid="$("$java" "${jvm[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)"
+    [[ -n "$cid" ]] || die "kafka: could not generate a cluster id"
+    echo "$cid" >"$STATE/kafka-cluster/cluster.id"
+  fi
+  for ((i = 1; i <= KAFKA_NODES; i++)); do
+    if pid="$(node_pid "$i")"; then log "kafka node $i: already running (pid $pid)"; continue; fi
+    d="$(node_dir "$i")"; props="$d/server.properties"
+    mkdir -p "$d/data"
+    check_port_free "kafka node $i" "$(node_port "$i")" "$(node_cport "$i")"
+    [[ -e "$d/kafka.log" ]] && mv -f "$d/kafka.log" "$d/kafka.log.1"
+    # The single node's template, then what makes a cluster (a later key wins in a properties file).
+    { sed -e "s|@KAFKA_PORT@|$(node_port "$i")|g" -e "s|@KAFKA_CONTROLLER_PORT@|$(node_cport "$i")|g" \
+          -e "s|@KAFKA_DATA_DIR@|$d/data|g" "$HERE/kafka/server.properties"
+      cat <<PROPS
+
+# KAFKA_NODES=$KAFKA_NODES: a cluster (services.sh)
+node.id=$i
+controller.quorum.voters=$(cluster_list voter_of)
+default.replication.factor=3
+min.insync.replicas=2
+unclean.leader.election.enable=false
+offsets.topic.replication.factor=3
+transaction.state.log.replication.factor=3
+transaction.state.log.min.isr=2
+share.coordinator.state.topic.replication.factor=3
+share.coordinator.state.topic.min.isr=2
+PROPS
+    } >"$props"
+    if [[ ! -f "$d/data/meta.properties" ]]; then
+      "$java" "${jvm[@]}" kafka.tools.StorageTool format -t "$cid" -c "$props" --ignore-formatted \
+        >>"$d/kafka.log" 2>&1 || { tail -n 20 "$d/kafka.log" >&2; die "kafka node $i: formatting failed"; }
+    fi
+    (cd "$d" && exec setsid "$java" "${jvm[@]}" kafka.Kafka "$props" >>"$d/kafka.log" 2>&1 </dev/null 9>&-) &
+    echo "$!" >"$d/kafka.pid"
+    started+=("$i")
+  done
+  for i in "${started[@]}"; do
+    d="$(node_dir "$i")"; rc=0
+    "$PYTHON" "$HERE/wait_kafka.py" "$(broker_of "$i")" 120 "$(cat "$d/kafka.pid")" 2>>"$d/kafka.log" || rc=$?
+    if [[ $rc -ne 0 ]]; then
+      tail -n 40 "$d/kafka.log" >&2
+      die "kafka node $i: not ready on $(broker_of "$i") (wait_kafka exit $rc)"
+    fi
+  done
+  log "kafka: ${#started[@]} of $KAFKA_NODES nodes started ($(cluster_list broker_of)) in $(elapsed "$t0")s"
+}
+
+stop_kafka_cluster() {
+  local i pid
+  for ((i = 1; i <= KAFKA_NODES; i++)); do
+    if pid="$(node_pid "$i")"; then
+      terminate "kafka node $i" "$pid"
+      log "kafka node $i: stopped (pid $pid)"
+    else
+      log "kafka node $i: not running"
+    fi
+    rm -f "$(node_dir "$i")/kafka.pid"
+  done
+}
+
+status_kafka_cluster() {
+  local i pid
+  for ((i = 1; i <= KAFKA_NODES; i++)); do
+    if pid="$(node_pid "$i")"; then log "kafka node $i: running (pid $pid, $(broker_of "$i"))"
+    else log "kafka node $i: stopped"; fi
+  done
+}
+
 # ------------------------------------------------------------------- stop ---
 
 # TERM, wait up to 20 s, then KILL.
@@ -412,6 +524,7 @@ terminate() {  # terminate SERVICE PID
 
 stop_one() {
   local svc="$1" pid pidf
+  if [[ $svc == kafka && $KAFKA_NODES -ne 1 ]]; then stop_kafka_cluster; return; fi
   pidf="$(pidfile_of "$svc")"
   if ! pid="$(running_pid "$svc")"; then
     rm -f "$pidf"
@@ -428,6 +541,7 @@ stop_one() {
 
 status_one() {
   local svc="$1" pid port
+  if [[ $svc == kafka && $KAFKA_NODES -ne 1 ]]; then status_kafka_cluster; return; fi
   port="$(port_of "$svc")"
   if pid="$(running_pid "$svc")"; then
     if port_open "$port"; then
@@ -444,6 +558,12 @@ status_one() {
 
 env_one() {
   local svc="$1"
+  if [[ $svc == kafka && $KAFKA_NODES -ne 1 ]]; then
+    node_pid 1 >/dev/null || node_pid 2 >/dev/null || node_pid 3 >/dev/null \
+      || { err "# kafka: no node running"; return 0; }
+    echo "export KAFKA_BROKERS=$(cluster_list broker_of)"
+    return 0
+  fi
   if ! running_pid "$svc" >/dev/null; then
     err "# $svc: not running"
     return 0
@@ -493,7 +613,11 @@ main() {
     start)
       lock_state
       for s in "${svcs[@]}"; do
-        running_pid "$s" >/dev/null || "install_$s"
+        if [[ $s == kafka && $KAFKA_NODES -ne 1 ]]; then
+          install_kafka  # idempotent; the cluster's nodes are checked one by one
+        else
+          running_pid "$s" >/dev/null || "install_$s"
+        fi
         start_one "$s"
       done ;;
     stop)
