@@ -233,8 +233,9 @@ SETTINGS: tuple[Setting, ...] = (
             "How often a worker tells its group it is alive; below a third of the session timeout"),
     Setting("jwt.secret", "JWT_SECRET", DEV_JWT_SECRET, _str,
             "HS256 signing secret; production needs >= 32 chars, not the default"),
-    Setting("jwt.ttl_seconds", "JWT_TTL_SECONDS", 86400, _int(60, 30 * 86400),
-            "Access token lifetime (a revoked one is refused at once on every gateway: docs/SECURITY.md)"),
+    Setting("jwt.ttl_seconds", "JWT_TTL_SECONDS", 900, _int(60, 30 * 86400),
+            "Access token lifetime; clients refresh it (`POST /api/v1/auth/refresh`; the web client does "
+            "so before it expires). A revoked one is refused at once on every gateway (docs/SECURITY.md)"),
     Setting("jwt.refresh_ttl_seconds", "JWT_REFRESH_TTL_SECONDS", 30 * 86400, _int(60, 365 * 86400),
             "How long an unused refresh token (a login session) lives; each refresh starts it again"),
     Setting("jwt.issuer", "JWT_ISSUER", "pingme", _nonempty, "`iss` claim"),

@@ -5,7 +5,7 @@
 // last seq it holds, and resends every unacknowledged message with its msg_id; messages are keyed
 // by msg_id (store.js), so none is shown twice.
 
-import { api, ApiError } from "./api.js";
+import { api, ApiError, useSession } from "./api.js";
 import { Link } from "./link.js";
 import { Conversation, uuid4 } from "./store.js";
 
@@ -20,6 +20,8 @@ const FINAL_SEND_ERRORS = new Set([10002, 10004, 10006, 30001, 40002, 40003]);
 
 const state = {
   token: null,
+  refreshToken: null,
+  refreshTimer: null,
   me: null,
   link: null,
   convs: new Map(),      // conversation_id -> Conversation
@@ -35,8 +37,44 @@ const state = {
 // ---- session ----------------------------------------------------------------------------------
 
 function saveSession() {
-  sessionStorage.setItem(SESSION_KEY, JSON.stringify({ token: state.token, me: state.me }));
+  sessionStorage.setItem(SESSION_KEY, JSON.stringify({ token: state.token, refreshToken: state.refreshToken,
+                                                       expiresAt: state.expiresAt, me: state.me }));
 }
+
+// Access tokens are short-lived (jwt.ttl_seconds): the refresh token gets a new pair before the
+// access token expires (and after an API call or a socket found it expired). A refresh token is
+// good once: its successor replaces it at once (docs/SECURITY.md).
+function takeTokens(tokens) {
+  state.token = tokens.token;
+  state.refreshToken = tokens.refresh_token || null;
+  state.expiresAt = Date.now() + tokens.expires_in * 1000;
+  saveSession();
+  scheduleRefresh();
+}
+
+function scheduleRefresh() {
+  clearTimeout(state.refreshTimer);
+  if (!state.refreshToken || !state.expiresAt) return;
+  const delay = Math.max(1000, (state.expiresAt - Date.now()) * 0.8);
+  state.refreshTimer = setTimeout(() => refreshSession(), Math.min(delay, 2 ** 31 - 1));
+}
+
+let refreshing = null;
+async function refreshSession() {
+  if (!state.refreshToken) return false;
+  if (!refreshing) {  // one refresh at a time: a second one with the same token would end the session
+    refreshing = api("POST", "/api/v1/auth/refresh", { body: { refresh_token: state.refreshToken } })
+      .then((tokens) => { takeTokens(tokens); return true; })
+      .catch((err) => {
+        if (err instanceof ApiError && err.code === 30005) logout(`Please log in again (${err.message}).`);
+        return false;
+      })
+      .finally(() => { refreshing = null; });
+  }
+  return refreshing;
+}
+
+useSession({ token: () => state.token, refresh: refreshSession });
 
 function savePending() {
   sessionStorage.setItem(PENDING_KEY, JSON.stringify([...state.pending.values()]));
@@ -51,10 +89,9 @@ async function onLogin(event) {
   try {
     if (action === "register") await api("POST", "/api/v1/auth/register", { body });
     const session = await api("POST", "/api/v1/auth/login", { body });
-    state.token = session.token;
     state.me = session.user;
+    takeTokens(session);
     form.password.value = "";
-    saveSession();
     startChat();
   } catch (err) {
     $("login-error").textContent = err.message;
@@ -62,10 +99,14 @@ async function onLogin(event) {
 }
 
 function logout(message = "") {
+  if (state.token && message === "") {  // the user's own logout: end the session on the server too
+    api("POST", "/api/v1/auth/logout", { token: state.token }).catch(() => {});
+  }
+  clearTimeout(state.refreshTimer);
   if (state.link) state.link.stop();
   sessionStorage.removeItem(SESSION_KEY);
   sessionStorage.removeItem(PENDING_KEY);
-  Object.assign(state, { token: null, me: null, link: null, current: null });
+  Object.assign(state, { token: null, refreshToken: null, expiresAt: null, me: null, link: null, current: null });
   for (const key of ["convs", "drafts", "pending", "users", "online", "typing"]) state[key].clear();
   $("chat-view").hidden = true;
   $("login-view").hidden = false;
@@ -79,11 +120,15 @@ function startChat() {
   state.users.set(state.me.id, state.me);
   for (const p of JSON.parse(sessionStorage.getItem(PENDING_KEY) || "[]")) state.pending.set(p.msg_id, p);
   const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
-  state.link = new Link(wsUrl, state.token, {
+  state.link = new Link(wsUrl, () => state.token, {
     onOpen,
     onFrame,
     onStatus: showStatus,
-    onAuthFailed: (message) => logout(`Please log in again (${message}).`),
+    onAuthFailed: async (message, code) => {
+      // An expired token is refreshed and the socket opened again; anything else ends the session.
+      if (code === 30004 && await refreshSession() && state.link) state.link.reconnectNow();
+      else logout(`Please log in again (${message}).`);
+    },
   });
   state.link.start();
   renderConversations();
@@ -119,7 +164,7 @@ async function onOpen() {
 }
 
 async function refreshConversations() {
-  const data = await api("GET", "/api/v1/conversations", { token: state.token });
+  const data = await api("GET", "/api/v1/conversations", { auth: true });
   for (const info of data.conversations) {
     let conv = state.convs.get(info.conversation_id);
     if (!conv && info.type === "private" && state.drafts.has(info.peer_id)) {
@@ -154,7 +199,7 @@ function requestSync(conv) {
 async function loadPresence(userId) {
   state.online.set(userId, false);
   try {
-    const status = await api("GET", `/api/v1/users/${userId}/status`, { token: state.token });
+    const status = await api("GET", `/api/v1/users/${userId}/status`, { auth: true });
     state.online.set(userId, status.online);
     renderConversations();
     if (state.current) renderHeader();
@@ -331,7 +376,7 @@ async function openConversation(conv) {
   markRead(conv);
   if (conv.id && !conv.loaded) {
     try {
-      const page = await api("GET", `/api/v1/conversations/${conv.id}/messages?limit=${PAGE}`, { token: state.token });
+      const page = await api("GET", `/api/v1/conversations/${conv.id}/messages?limit=${PAGE}`, { auth: true });
       for (const m of page.messages) conv.add(m);
       conv.hasMore = page.has_more;
       conv.loaded = true;
@@ -355,7 +400,7 @@ async function loadOlder() {
   try {
     const before = conv.minSeq();
     const page = await api("GET", `/api/v1/conversations/${conv.id}/messages?before_seq=${before}&limit=${PAGE}`,
-                           { token: state.token });
+                           { auth: true });
     const fromBottom = pane.scrollHeight - pane.scrollTop;
     for (const m of page.messages) conv.add(m);
     conv.hasMore = page.has_more;
@@ -371,7 +416,7 @@ async function loadOlder() {
 }
 
 async function findUser(username) {
-  const user = await api("GET", `/api/v1/users?username=${encodeURIComponent(username)}`, { token: state.token });
+  const user = await api("GET", `/api/v1/users?username=${encodeURIComponent(username)}`, { auth: true });
   state.users.set(user.id, user);
   return user;
 }
@@ -406,7 +451,7 @@ async function onNewGroup(event) {
     const names = form.members.value.split(",").map((s) => s.trim()).filter(Boolean);
     const ids = [];
     for (const name of names) ids.push((await findUser(name)).id);
-    const group = await api("POST", "/api/v1/groups", { token: state.token, body: { name: form.name.value.trim(), member_ids: ids } });
+    const group = await api("POST", "/api/v1/groups", { auth: true, body: { name: form.name.value.trim(), member_ids: ids } });
     form.reset();
     await refreshConversations();
     openConversation(state.convs.get(group.conversation_id));
@@ -421,7 +466,7 @@ async function onAddMember(event) {
   const conv = state.current;
   try {
     const user = await findUser(form.username.value.trim());
-    await api("POST", `/api/v1/groups/${conv.id}/members`, { token: state.token, body: { user_ids: [user.id] } });
+    await api("POST", `/api/v1/groups/${conv.id}/members`, { auth: true, body: { user_ids: [user.id] } });
     form.reset();
   } catch (err) {
     showError(err);
@@ -451,7 +496,7 @@ function userName(id) {
   if (user && user !== "loading") return user.nickname || user.username;
   if (!user) {
     state.users.set(id, "loading");
-    api("GET", `/api/v1/users/${id}`, { token: state.token }).then((u) => {
+    api("GET", `/api/v1/users/${id}`, { auth: true }).then((u) => {
       state.users.set(id, u);
       renderConversations();
       if (state.current) renderConversation();
@@ -603,8 +648,9 @@ function init() {
   });
   const saved = JSON.parse(sessionStorage.getItem(SESSION_KEY) || "null");
   if (saved && saved.token) {
-    state.token = saved.token;
-    state.me = saved.me;
+    Object.assign(state, { token: saved.token, refreshToken: saved.refreshToken || null,
+                           expiresAt: saved.expiresAt || null, me: saved.me });
+    scheduleRefresh();
     startChat();
   }
 }

@@ -1,11 +1,13 @@
 // The WebSocket to the gateway, kept open: first-frame auth (the token never goes into the URL,
 // which proxies and access logs record), then reconnect with exponential backoff and jitter after
-// every drop. Close codes (docs/PROTOCOL.md): 4001 = the token is refused (log in again, no retry);
+// every drop. Close codes (docs/PROTOCOL.md): 4001 = the token is refused (the app refreshes it or
+// logs in again); 4003 = the token was revoked (logout elsewhere, password change: log in again);
 // 1012 = the gateway is restarting (reconnect at once, maybe to another gateway); 1013 = try again
 // later, 1011 = server error, 1006 = dropped: back off. The caller syncs and resends unacknowledged
 // messages on every (re)open.
 
 export const CLOSE_AUTH_FAILED = 4001;
+export const CLOSE_TOKEN_REVOKED = 4003;
 export const CLOSE_SERVICE_RESTART = 1012;
 export const CLOSE_TRY_AGAIN = 1013;
 
@@ -20,7 +22,8 @@ export function backoff(attempt, base = BASE_DELAY_MS, cap = MAX_DELAY_MS) {
 }
 
 export class Link {
-  /** handlers: onOpen(authOk), onFrame(type, payload), onStatus(state, detail), onAuthFailed(message) */
+  /** token: a function giving the current access token (it is refreshed while the link lives).
+   * handlers: onOpen(authOk), onFrame(type, payload), onStatus(state, detail), onAuthFailed(message, code) */
   constructor(url, token, handlers) {
     this.url = url;
     this.token = token;
@@ -64,7 +67,8 @@ export class Link {
     const ws = new WebSocket(this.url);
     this.ws = ws;
     let authFailure = "";
-    ws.onopen = () => ws.send(JSON.stringify({ type: "auth", payload: { token: this.token } }));
+    let authCode = 0;
+    ws.onopen = () => ws.send(JSON.stringify({ type: "auth", payload: { token: this.token() } }));
     ws.onmessage = (event) => {
       let frame;
       try {
@@ -79,6 +83,7 @@ export class Link {
         this.handlers.onOpen(frame.payload);
       } else if (frame.type === "auth_fail") {
         authFailure = (frame.payload && frame.payload.message) || "authentication failed";
+        authCode = frame.payload && frame.payload.code;
       } else {
         this.handlers.onFrame(frame.type, frame.payload || {});
       }
@@ -87,8 +92,9 @@ export class Link {
       this.ws = null;
       this.ready = false;
       if (this.stopped) return;
-      if (event.code === CLOSE_AUTH_FAILED) {
-        this.handlers.onAuthFailed(authFailure || event.reason || "your session has expired");
+      if (event.code === CLOSE_AUTH_FAILED || event.code === CLOSE_TOKEN_REVOKED) {
+        this.handlers.onAuthFailed(authFailure || event.reason || "your session has expired",
+                                   event.code === CLOSE_TOKEN_REVOKED ? 30005 : authCode);
         return;
       }
       // A restarting gateway: the first attempt goes at once (jittered below a second), later

@@ -1,0 +1,88 @@
+"""The web client's session (docs/SECURITY.md): it refreshes an expired access token without the
+person noticing, a logout ends the session on the server, and a logout everywhere from another
+device sends the page back to the login form (its socket closed with 4003)."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from playwright.sync_api import expect
+
+from common import auth
+from tests.integration.browser.conftest import PASSWORD, unique
+from tests.integration.conftest import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def pipeline_ready(chat_system):
+    """The first registration of a fresh system can outlast the page's wait (the functions' first
+    requests): one through the API first."""
+    api = chat_system["web"]
+    wait_for(lambda: api.call("POST", "/api/v1/auth/register", {"username": unique("warm"), "password": PASSWORD})[0]
+             == 201, timeout=60, what="a registration to go through")
+
+
+def session(page) -> dict:
+    return page.page.evaluate("JSON.parse(sessionStorage.getItem('pingme.session'))")
+
+
+def test_an_expired_access_token_is_refreshed_without_a_new_login(people, chat_system, cfg):
+    (alice,) = people(1)
+    alice.register(unique("alice"))
+    before = session(alice)
+    assert before["refreshToken"].startswith("rt1.")
+    expired = auth.issue_token(before["me"]["id"], cfg.jwt, now=time.time() - cfg.jwt.ttl_seconds - 60)
+    alice.page.evaluate("t => { const s = JSON.parse(sessionStorage.getItem('pingme.session'));"
+                        " s.token = t; sessionStorage.setItem('pingme.session', JSON.stringify(s)); }", expired)
+    alice.page.reload()  # the socket and the conversation list start with the expired token
+    alice.wait_online()
+    expect(alice.page.locator("#login-view")).to_be_hidden()
+    after = session(alice)
+    assert after["token"] not in (expired, before["token"])
+    assert after["refreshToken"] != before["refreshToken"]  # rotated: the old one is spent
+    api = chat_system["api"]
+    assert api.call("GET", "/api/v1/user/profile", token=after["token"])[0] == 200
+
+
+def test_logout_ends_the_session_on_the_server(people, chat_system):
+    (bob,) = people(1)
+    bob.register(unique("bob"))
+    token = bob.token()
+    bob.page.click("#logout-button")
+    expect(bob.page.locator("#login-view")).to_be_visible()
+    api = chat_system["api"]  # the page does not wait for the server's answer to its logout
+    wait_for(lambda: api.call("GET", "/api/v1/user/profile", token=token)[1]["code"] == 30005,
+             what="the logged-out token to be refused")
+
+
+def test_logout_everywhere_from_another_device_sends_the_page_to_the_login_form(people, chat_system):
+    (carol,) = people(1)
+    carol.register(unique("carol"))
+    api = chat_system["api"]
+    status, body = api.call("POST", "/api/v1/auth/login", {"username": carol.username, "password": PASSWORD})
+    assert status == 200, body
+    assert api.call("POST", "/api/v1/auth/logout-all", token=body["data"]["token"])[0] == 200
+    expect(carol.page.locator("#login-view")).to_be_visible()
+    expect(carol.page.locator("#login-error")).to_contain_text("log in again")
+    assert any("closed" in f for f in carol.frames), json.dumps(carol.frames[-5:])
+
+
+def test_an_api_call_that_finds_its_token_expired_refreshes_once_and_is_retried(people, cfg):
+    (dave,) = people(1)
+    dave.register(unique("dave"))
+    good = dave.token()
+    expired = auth.issue_token(session(dave)["me"]["id"], cfg.jwt, now=time.time() - cfg.jwt.ttl_seconds - 60)
+    result = dave.page.evaluate("""async ([expired, good]) => {
+        const { api, useSession } = await import('/static/api.js');
+        let token = expired, refreshes = 0;
+        useSession({ token: () => token, refresh: async () => { refreshes += 1; token = good; return true; } });
+        const profile = await api('GET', '/api/v1/user/profile', { auth: true });
+        let failed = null;
+        useSession({ token: () => expired, refresh: async () => { refreshes += 1; return false; } });
+        try { await api('GET', '/api/v1/user/profile', { auth: true }); } catch (err) { failed = err.code; }
+        return { username: profile.username, refreshes, failed };
+    }""", [expired, good])
+    assert result == {"username": dave.username, "refreshes": 2, "failed": 30004}
