@@ -115,7 +115,9 @@ def limit(*hits) -> None:
         current_gateway().limiter.enforce(*hits)
     except RateLimited as exc:
         gateway_metrics.rate_limited(exc.rule)
-        logger.info("rate limited code=%d rule=%s on %s %s", Code.TOO_MANY_REQUESTS, exc.rule, request.method,
+        # debug, not info: a flood would otherwise write a log line per refused request (the counter
+        # pingme_rate_limited{rule} is what operators watch)
+        logger.debug("rate limited code=%d rule=%s on %s %s", Code.TOO_MANY_REQUESTS, exc.rule, request.method,
                     request.path)
         raise
 
