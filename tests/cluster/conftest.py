@@ -104,28 +104,48 @@ class PodWatch:
     def __init__(self, kube: Kube, namespace: str, selector: str):
         self.finished: dict[str, dict] = {}   # pod name -> the container's `terminated` state
         self.seen: set[str] = set()
-        self._resp = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods?watch=true&labelSelector={selector}"
-                                          "&timeoutSeconds=1800", timeout=1800)
-        self._thread = threading.Thread(target=self._read, daemon=True)
+        self.errors: list[str] = []
+        self._kube, self._path = kube, f"/api/v1/namespaces/{namespace}/pods?labelSelector={selector}"
+        self._stopped = threading.Event()
+        self._resp = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+        wait_for(lambda: self._resp is not None or self.errors, timeout=10, what="the pod watch to open")
+        assert not self.errors, self.errors
 
-    def _read(self) -> None:
-        try:
-            for line in self._resp:
-                event = json.loads(line)
-                if event.get("type") not in ("ADDED", "MODIFIED", "DELETED"):
-                    continue  # BOOKMARK, or ERROR (a Status: e.g. the watch expired)
-                pod = event["object"]
-                name = pod["metadata"]["name"]
-                self.seen.add(name)
-                for status in pod.get("status", {}).get("containerStatuses", []):
-                    if "terminated" in status.get("state", {}):
-                        self.finished[name] = status["state"]["terminated"]
-        except (OSError, ValueError):
-            pass  # closed by stop()
+    def _note(self, pod: dict) -> None:
+        name = pod["metadata"]["name"]
+        self.seen.add(name)
+        for status in pod.get("status", {}).get("containerStatuses", []):
+            if "terminated" in status.get("state", {}):
+                self.finished[name] = status["state"]["terminated"]
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():  # list, then watch from there; again if the watch ends
+            try:
+                listed = self._kube.get(self._path)
+                for pod in listed["items"]:
+                    self._note(pod)
+                rv = listed["metadata"]["resourceVersion"]
+                # Short watches (then a new list and watch): stop() does not wait for one to end.
+                self._resp = self._kube.request("GET", f"{self._path}&watch=true&resourceVersion={rv}"
+                                                       "&timeoutSeconds=30", timeout=60)
+                for line in self._resp:
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        self.errors.append(event["object"].get("message", ""))
+                        break
+                    if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                        self._note(event["object"])
+            except (OSError, ValueError, AssertionError) as exc:
+                if not self._stopped.is_set():
+                    self.errors.append(repr(exc))
+                    time.sleep(0.5)
 
     def stop(self) -> None:
-        self._resp.close()
+        """Stops recording; the reading thread (a daemon) ends with its current watch (<= 30 s):
+        closing the response from here would block until the server ends it."""
+        self._stopped.set()
 
 
 def consumer_lag(brokers: list[str], group: str, topic: str):
@@ -140,21 +160,25 @@ def consumer_lag(brokers: list[str], group: str, topic: str):
     assert parts, f"topic {topic} has no partitions"
 
     def lag() -> int:
+        return offsets()["lag"]
+
+    def offsets() -> dict:
+        """The total lag, and per partition the log end and the committed offset."""
         committed = admin.list_group_offsets(group).get(group, {})
         ends = consumer.end_offsets(parts)
         begins = consumer.beginning_offsets(parts)
-        total = 0
+        done = {}
         for tp in parts:
             meta = committed.get(tp)
-            done = meta.offset if meta is not None and meta.offset >= 0 else begins[tp]
-            total += max(ends[tp] - done, 0)
-        return total
+            done[tp.partition] = meta.offset if meta is not None and meta.offset >= 0 else begins[tp]
+        return {"lag": sum(max(ends[tp] - done[tp.partition], 0) for tp in parts),
+                "end": [ends[tp] for tp in parts], "committed": [done[tp.partition] for tp in parts]}
 
     def close() -> None:
         admin.close()
         consumer.close()
 
-    lag.close = close
+    lag.close, lag.offsets = close, offsets
     return lag
 
 

@@ -69,8 +69,10 @@ class Timeline:
         while not self._stop.is_set():
             try:
                 wanted, ready = self.deployment.replicas(self.function)
-                self.rows.append({"t": round(time.monotonic() - self.started, 1), "lag": self.lag(),
-                                  "wanted": wanted, "ready": ready})
+                offsets = self.lag.offsets()
+                self.rows.append({"t": round(time.monotonic() - self.started, 1), "lag": offsets["lag"],
+                                  "wanted": wanted, "ready": ready, "end": offsets["end"],
+                                  "committed": offsets["committed"]})
             except Exception as exc:  # noqa: BLE001 — a missed sample is reported, not fatal
                 self.rows.append({"t": round(time.monotonic() - self.started, 1), "error": repr(exc)})
             self._stop.wait(1)
@@ -89,6 +91,13 @@ class Timeline:
         self._thread.join(10)
         self.lag.close()
 
+    def rewinds(self) -> list[str]:
+        """Every time a partition's committed offset went backwards: events handed out again (what a
+        crash may cause, never a clean scale-in or rolling update)."""
+        rows = [r for r in self.rows if "lag" in r]
+        return [f"t={row['t']}s partition {p}: {a} -> {b}" for prev, row in zip(rows, rows[1:])
+                for p, (a, b) in enumerate(zip(prev["committed"], row["committed"])) if b < a]
+
     def changes(self) -> list[dict]:
         """The rows where the wanted or ready count changed (and the first and last)."""
         rows = [r for r in self.rows if "lag" in r]
@@ -96,7 +105,20 @@ class Timeline:
         for prev, row in zip(rows, rows[1:]):
             if (row["wanted"], row["ready"]) != (prev["wanted"], prev["ready"]):
                 out.append(row)
-        return out + [rows[-1]]
+        return [{k: r[k] for k in ("t", "lag", "wanted", "ready")} for r in out + [rows[-1]]]
+
+
+def report_rewinds(what: str, timeline: Timeline) -> None:
+    """Reported, not asserted. Seen in 2 of 4 runs on 2026-12-03: after deliver scaled back in, the
+    surviving worker's first commits set partitions' committed offsets back by hundreds to ~1,400
+    records (partition 3: 4544 -> 3145), so those events were handled a second time. Nothing is lost
+    (at-least-once; the completeness checks pass), but each is delivered twice. Suspect: the
+    worker's offset bookkeeping (functions/commits.py keeps `done` and re-queued failed offsets of
+    partitions it no longer owns, and commits them when it owns them again). Make it an assertion
+    once that is fixed."""
+    rewinds = timeline.rewinds()
+    if rewinds:
+        print(f"\nWARNING {what}: committed offsets went backwards (events handled twice): {rewinds}")
 
 
 def removed_pods(watch: PodWatch, deployment) -> tuple[dict[str, dict]] | None:
@@ -159,7 +181,7 @@ def test_deliver_scales_out_on_lag_drains_it_and_scales_back_in(deployment, tmp_
               "peak_lag": peak_lag, "peak_replicas": peak_replicas, "first_scale_up_s": first_up,
               "first_extra_replica_ready_s": first_ready_up, "lag_drained_s": drained_at,
               "back_at_one_replica_s": back_at_one, "removed_pods": removed,
-              "changes": timeline.changes(), "timeline": timeline.rows}
+              "offset_rewinds": timeline.rewinds(), "changes": timeline.changes(), "timeline": timeline.rows}
     LOGS.mkdir(parents=True, exist_ok=True)
     (LOGS / f"cluster-autoscale-{int(time.time())}.json").write_text(json.dumps(report, indent=1))
     print(f"\nburst: {burst['sent']} messages at {RATE}/s; peak lag {peak_lag}, peak replicas {peak_replicas}; "
@@ -175,11 +197,13 @@ def test_deliver_scales_out_on_lag_drains_it_and_scales_back_in(deployment, tmp_
     assert len(removed) >= peak_replicas - 1, f"scale-in removed {len(removed)} pods, expected {peak_replicas - 1}"
     unclean = {name: state for name, state in removed.items() if state.get("exitCode") != 0}
     assert not unclean, f"workers that did not drain and exit 0 on SIGTERM: {unclean}"
+    report_rewinds("scale-out and in", timeline)
 
 
 def test_rolling_update_of_send_and_deliver_under_load_loses_nothing(deployment, tmp_path):
     before = {f: {p["metadata"]["name"] for p in deployment.pods(f)} for f in ("send", "deliver")}
     out = tmp_path / "rolling.json"
+    timelines = {f: Timeline(deployment, f) for f in ("send", "deliver")}
     load = chat_load(deployment.url, out, 10, 100, 40, drain=240)
     try:
         # Once the load is flowing: a new ReplicaSet for both (what `kubectl apply` of a new image does).
@@ -196,8 +220,17 @@ def test_rolling_update_of_send_and_deliver_under_load_loses_nothing(deployment,
     finally:
         if load.poll() is None:
             load.kill()
+        for timeline in timelines.values():
+            timeline.stop()
     assert out.exists(), f"chat_load failed:\n{load_output[-3000:]}"
     after = {f: {p["metadata"]["name"] for p in deployment.pods(f)} for f in ("send", "deliver")}
     for function in ("send", "deliver"):
         assert not before[function] & after[function], f"{function}'s pods were not replaced"
-    check_complete(json.loads(out.read_text()), "the rolling update")
+    result = json.loads(out.read_text())
+    print(f"\nrolling update of send and deliver under {result['sent']} messages at 100/s: lost {result['lost']}, "
+          f"duplicate pushes {result['duplicate_pushes']}, e2e p50/p99 {result['e2e_ms'].get('p50')}/"
+          f"{result['e2e_ms'].get('p99')} ms")
+    check_complete(result, "the rolling update")
+    for function, timeline in timelines.items():
+        report_rewinds(f"rolling update, {function}", timeline)
+
