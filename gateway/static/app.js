@@ -32,6 +32,8 @@ const state = {
   online: new Map(),     // user id -> bool
   typing: new Map(),     // conversation_id -> Map(user id -> timer)
   lastTypingSent: 0,
+  sendPausedUntil: 0,
+  sendTimer: null,
 };
 
 // ---- session ----------------------------------------------------------------------------------
@@ -103,6 +105,8 @@ function logout(message = "") {
     api("POST", "/api/v1/auth/logout", { token: state.token }).catch(() => {});
   }
   clearTimeout(state.refreshTimer);
+  clearTimeout(state.sendTimer);
+  state.sendPausedUntil = 0;
   if (state.link) state.link.stop();
   sessionStorage.removeItem(SESSION_KEY);
   sessionStorage.removeItem(PENDING_KEY);
@@ -303,6 +307,10 @@ function onPresence({ user_id: userId, online }) {
 
 function onError(error) {
   const pending = state.pending.get(error.ref);
+  if (pending && error.code === 10007) {  // over the send rate limit: pause, then resend in order
+    pauseSending(error.retry_after_ms || 1000);
+    return;
+  }
   if (!pending) {
     showError(new ApiError(0, error.code, error.message));
     return;
@@ -328,7 +336,21 @@ function conversationOf(pending) {
   return state.drafts.get(pending.peerId);
 }
 
+// While the server refuses sends (10007), new messages wait with the refused ones; when the retry
+// hint has passed, every pending message goes again in the order it was written (same msg_id).
+function pauseSending(ms) {
+  const until = Date.now() + ms;
+  if (until <= state.sendPausedUntil) return;
+  state.sendPausedUntil = until;
+  clearTimeout(state.sendTimer);
+  state.sendTimer = setTimeout(() => {
+    state.sendPausedUntil = 0;
+    if (state.link) for (const p of state.pending.values()) sendPending(p);
+  }, ms);
+}
+
 function sendPending(p) {
+  if (Date.now() < state.sendPausedUntil) return;  // the timer of pauseSending sends it
   state.link.send("send", { msg_id: p.msg_id, content: p.content, content_type: "text", ...p.target });
 }
 

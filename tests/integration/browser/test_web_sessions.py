@@ -86,3 +86,34 @@ def test_an_api_call_that_finds_its_token_expired_refreshes_once_and_is_retried(
         return { username: profile.username, refreshes, failed };
     }""", [expired, good])
     assert result == {"username": dave.username, "refreshes": 2, "failed": 30004}
+
+
+def test_messages_refused_by_the_send_rate_limit_are_sent_again_when_the_server_says(browser, chat_system):
+    """A person who types faster than the send budget loses nothing: each refused message (10007)
+    goes again after its retry hint, with the same msg_id."""
+    from tests.integration.browser.conftest import ChatPage
+
+    limited = chat_system["procs"].gateway(RATE_LIMIT_ENABLED="true", RATE_LIMIT_WS_SEND_USER="2/2s",
+                                           RATE_LIMIT_REGISTER_ADDRESS="100/1m")
+    contexts = [browser.new_context() for _ in range(2)]
+    try:
+        erin, frank = (ChatPage(context, limited.base) for context in contexts)
+        erin.register(unique("erin"))
+        frank.register(unique("frank"))
+        erin.chat_with(frank.username)
+        texts = [f"message {i}" for i in range(6)]
+        for text in texts:
+            erin.send(text)
+        erin.expect_messages(texts)
+        erin.expect_stored()
+        assert any('"code":10007' in f for f in erin.frames), "the budget never refused anything"
+        try:
+            frank.open_conversation(erin.username)
+        except Exception as exc:
+            raise AssertionError(f"{exc}\nfrank's socket:\n" + "\n".join(frank.frames[-30:])) from None
+        frank.expect_messages(texts)
+        for page in (erin, frank):
+            page.assert_clean()
+    finally:
+        for context in contexts:
+            context.close()
