@@ -195,3 +195,34 @@ def test_hostile_frames_leave_the_system_as_it_was(system, cfg):
     assert "Traceback" not in log and "code=20004" not in log, log[-3000:]
     assert conversation_rows(system["canary"]) == canary_before
     assert dlq_depth() == dlq_before
+
+
+def test_hostile_first_frames_get_auth_fail_and_a_documented_close(system):
+    """Before authentication: whatever the first frame is, the answer is ``auth_fail`` and close 4001
+    (or 1007/1009 for what the WebSocket layer refuses) — never HTTP bytes in the upgraded socket
+    (a rawws.ProtocolError here) and never a server error."""
+    url = system["gw"].base.replace("http://", "ws://") + "/ws"
+
+    @given(FRAME)
+    @settings(max_examples=max(FRAMES // 3, 20), derandomize=True, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    def first(frame):
+        opcode, data = frame
+        ws = rawws.connect(url)
+        try:
+            ws._write(rawws.client_frame(opcode, data))
+            try:
+                fail = ws.receive(timeout=15)
+            except rawws.Closed as closed:
+                assert closed.code in ALLOWED_CLOSES, (closed.code, data[:200])
+                return
+            check_frame(fail, expect="auth_fail")
+            with pytest.raises(rawws.Closed) as closed:
+                ws.receive(timeout=15)
+            assert closed.value.code == 4001, data[:200]
+        finally:
+            ws.close()
+
+    first()
+    log = system["gw"].proc.log()
+    assert "Traceback" not in log, log[-3000:]
