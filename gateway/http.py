@@ -228,16 +228,20 @@ def version():
     return envelope({"name": "pingme", "version": __version__, "build": _build_info()})
 
 
-@functools.lru_cache(maxsize=1)
-def _openapi() -> str:
-    return json.dumps(yaml.safe_load((REPO_ROOT / "docs" / "openapi.yaml").read_text()))
+OPENAPI = REPO_ROOT / "docs" / "openapi.yaml"
+
+
+@functools.lru_cache(maxsize=2)
+def _openapi(path) -> str:
+    return json.dumps(yaml.safe_load(path.read_text()))
 
 
 @bp.get("/openapi.json")
 def openapi():
-    """docs/openapi.yaml as JSON: this API's OpenAPI 3.1 document (the image copies it too)."""
+    """docs/openapi.yaml as JSON: this API's OpenAPI 3.1 document (the image copies it too; the app
+    setting ``OPENAPI_PATH`` points elsewhere)."""
     try:
-        return _openapi(), 200, {"Content-Type": "application/json"}
+        return _openapi(current_app.config.get("OPENAPI_PATH", OPENAPI)), 200, {"Content-Type": "application/json"}
     except FileNotFoundError:
         raise AppError(Code.NOT_FOUND, "this installation has no docs/openapi.yaml") from None
 

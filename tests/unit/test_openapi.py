@@ -89,3 +89,16 @@ def test_error_responses_use_codes_of_their_status(doc):
                 codes = schema.get("enum") or [schema["const"]]
                 for code in codes:
                     assert Code(code).http_status == int(status), (path, method, status, code)
+
+
+def test_the_document_is_served_as_json_and_its_absence_is_a_json_404(tmp_path):
+    from gateway.app import create_app
+
+    cfg = config.load({"APP_CONF": "/dev/null", "DB_PATH": str(tmp_path / "x.db")})
+    app = create_app(cfg, gateway=SimpleNamespace())
+    client = app.test_client()
+    answer = client.get("/openapi.json")
+    assert answer.status_code == 200 and answer.json == yaml.safe_load(DOC.read_text())
+    app.config["OPENAPI_PATH"] = tmp_path / "missing.yaml"
+    answer = client.get("/openapi.json")
+    assert (answer.status_code, answer.json["code"]) == (404, 10005)
