@@ -383,11 +383,19 @@ images() {
     rm -rf "$tmp"
   fi
   import_image "$PAUSE_IMAGE"
-  # The project's image (podman's build cache makes an unchanged tree quick).
-  local t="$EPOCHREALTIME"
-  bash "$HERE/image.sh" build "$APP_IMAGE" >"$C/logs/image-build.log" 2>&1 ||
-    { tail -n 30 "$C/logs/image-build.log" >&2; die "building $APP_IMAGE failed (log $C/logs/image-build.log)"; }
-  log "cluster: $APP_IMAGE built in $(elapsed "$t")s"
+  # The project's image, rebuilt when what goes into it changed (a rebuild always makes a new image:
+  # its BUILD_TIME), then imported when its id changed.
+  local t="$EPOCHREALTIME" sum
+  sum="$(cd "$REPO" && tar -c --sort=name --mtime=@0 --owner=0 --group=0 --exclude=__pycache__ \
+           common functions gateway requirements.txt deploy/Dockerfile | sha256sum | cut -d' ' -f1)"
+  if [[ "$(cat "$C/images/app-tree.sha256" 2>/dev/null)" != "$sum" ]] ||
+      ! bash "$HERE/image.sh" podman image exists "$APP_IMAGE"; then
+    bash "$HERE/image.sh" build "$APP_IMAGE" >"$C/logs/image-build.log" 2>&1 ||
+      { tail -n 30 "$C/logs/image-build.log" >&2; die "building $APP_IMAGE failed (log $C/logs/image-build.log)"; }
+    mkdir -p "$C/images"
+    echo "$sum" >"$C/images/app-tree.sha256"
+    log "cluster: $APP_IMAGE built in $(elapsed "$t")s"
+  fi
   import_image "$APP_IMAGE"
 }
 
