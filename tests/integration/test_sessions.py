@@ -127,3 +127,9 @@ def test_a_refresh_token_is_bound_to_its_user(cfg, r, user):
 def test_a_refresh_token_is_not_an_access_token(cfg, r, user):
     tokens = login(cfg, r, user)
     assert refused(authenticate, cfg, r, tokens["refresh_token"]).code == Code.INVALID_TOKEN
+
+
+def test_a_password_change_for_an_unknown_user_is_30001(cfg, r):
+    with db.connection_context():
+        err = refused(accounts.change_password, 10 ** 15, {"password": "x" * 8, "new_password": "y" * 8}, cfg, r)
+    assert err.code == Code.USER_NOT_FOUND
