@@ -129,9 +129,10 @@ def _uncap_fetch_wait(consumer: KafkaConsumer) -> None:
     load), that time is 0 until the answer comes (up to ``request_timeout_ms``), so ``poll`` loops
     without waiting: hundreds of fetch rounds a second with nothing to fetch, 20-90 % of a core,
     the IO thread starved ("Task … ran for 2.154s … blocking the event loop"), which slows the
-    heartbeat answers further. The cap has no purpose here: in 3.0 heartbeats are sent by a task
-    on the client's IO thread, not by ``poll``, and this project commits by hand, so no
-    auto-commit is due either. Without it a poll waits its own timeout (the runtime's 200 ms).
+    heartbeat answers further. So the cap gets a floor of ``retry_backoff_ms`` (100 ms): a poll
+    round waits at least that long for records, as an idle one does anyway. (Removing the cap
+    altogether also stopped the spin, but on the three-node cluster, with a 3 s
+    ``fetch_max_wait_ms``, it stalled the pipeline: tests/integration/test_kafka_cluster.py.)
     Reproduced with a stopped broker: 8 → 450-680 poll rounds a second and 20-30 % CPU for an
     idle consumer, 5-9 rounds and ~1 % with this (tests/integration/test_idle_spin.py)."""
     coordinator = getattr(consumer, "_coordinator", None)
@@ -139,7 +140,9 @@ def _uncap_fetch_wait(consumer: KafkaConsumer) -> None:
         logger.warning("kafka-python without ConsumerCoordinator.time_to_next_poll: the idle-spin "
                        "workaround (common/bus.py) is not applied")
         return
-    coordinator.time_to_next_poll = lambda: float("inf")
+    next_poll = coordinator.time_to_next_poll
+    floor_s = consumer.config["retry_backoff_ms"] / 1000
+    coordinator.time_to_next_poll = lambda: max(next_poll(), floor_s)
 
 
 def leave_group(cfg: Config, function: str) -> None:
