@@ -104,7 +104,7 @@ def make_consumer(cfg: Config, function: str, **overrides) -> KafkaConsumer:
         client_id=f"{cfg.group(function)}-consumer",
         enable_auto_commit=False,          # the runtime commits after outputs are flushed
         auto_offset_reset="earliest",      # a new group must not skip events already accepted
-        fetch_max_wait_ms=500,
+        fetch_max_wait_ms=3000,
         # A killed worker's partitions move on after the session timeout; with a static
         # group.instance.id a restarted worker takes them back at once (docs/OPERATIONS.md).
         session_timeout_ms=cfg.kafka.session_timeout_ms,

@@ -2,7 +2,7 @@
 ``app.function_port`` (env ``FUNCTION_PORT``; 0, the default, serves nothing).
 
 * ``/healthz`` (liveness) is 200 while the worker's loop comes round: the loop beats
-  (:meth:`WorkerState.beat`) at least every poll timeout (0.2 s) when idle. A loop that has not
+  (:meth:`WorkerState.beat`) at least every poll timeout (1 s) when idle. A loop that has not
   beaten for ``60 s + kafka.retry_max_backoff_ms`` (longer than any wait the runtime makes on
   purpose: a 30 s producer flush, a rewind's backoff) is wedged: 503, so the orchestrator restarts
   the worker. No dependency is checked here; an outage must not get workers restarted.

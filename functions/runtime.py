@@ -81,6 +81,12 @@ logger = logging.getLogger(__name__)
 COMMIT_TIMEOUT_MS = 10_000
 OUTAGE_RETRY_MS = 1_000  # how often a paused worker tries its batch again while a dependency is down
 LAG_INTERVAL_S = 5.0  # how often pingme_consumer_lag is brought up to date
+# A poll returns as soon as records arrive, so its timeout is only how often an idle loop comes
+# round (each round wakes the consumer's threads: most of an idle worker's CPU). With work in hand
+# (outputs to acknowledge, offsets to commit) the loop comes round soon; idle, once a second —
+# which bounds how long a SIGTERM waits for the loop, and keeps the liveness beat fresh.
+BUSY_POLL_MS = 200
+IDLE_POLL_MS = 1000
 
 
 class OutputFailure(Exception):
@@ -182,7 +188,7 @@ class Worker:
                     len(partitions), self.config.group(self.name))
         assigned = None
         while not self.stop.is_set():
-            self.run_once()
+            self.run_once(BUSY_POLL_MS if self._busy() else IDLE_POLL_MS)
             self.state.beat()
             if self.monotonic() >= self._next_lag:
                 self._next_lag = self.monotonic() + LAG_INTERVAL_S
@@ -193,7 +199,12 @@ class Worker:
                             sorted(tp.partition for tp in assigned))
         logger.info("function %s stopped", self.name)
 
-    def run_once(self, timeout_ms: int = 200) -> int:
+    def _busy(self) -> bool:
+        """Work in hand: a batch whose outputs are unacknowledged, or finished offsets not
+        committed yet. Then a poll waits :data:`BUSY_POLL_MS` at most, so they are settled soon."""
+        return self._unacked is not None or self.commits.ready(float("inf"))
+
+    def run_once(self, timeout_ms: int = BUSY_POLL_MS) -> int:
         """Poll a batch, finish the previous one, process the new one; return how many records
         were processed (the batch is committed once its Kafka outputs are acknowledged).
 

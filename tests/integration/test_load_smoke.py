@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+from common import bus
 from tests.integration.conftest import REPO
 from tests.load import procstats
 
@@ -49,3 +50,17 @@ def test_conn_capacity_tool_smoke(gw1, tmp_path):
     result = json.loads(out.read_text())
     assert (result["requested"], result["opened"], result["failures"], result["users"]) == (8, 8, 0, 2)
     assert result["open_seconds"] > 0 and result["gateway_rss_after_kb"] > 0
+
+
+def test_idle_tool_smoke(cfg, tmp_path):
+    """tests/load/idle.py at a tiny size: every function's worker measured, the first messages after
+    a quiet spell acknowledged (the figures themselves are docs/BENCHMARKS.md's, not asserted)."""
+    out = tmp_path / "idle.json"
+    done = subprocess.run([sys.executable, "-m", "tests.load.idle", "--seconds", "2", "--samples", "2", "--gap", "1",
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=240)
+    print(done.stdout)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert sorted(result["cpu_pct"]) == sorted(bus.FUNCTIONS)
+    assert result["total_cores"] > 0  # the workers were found and ran
+    assert len(result["first_message_ms"]) == 2 and all(ms > 0 for ms in result["first_message_ms"])
