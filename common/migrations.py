@@ -75,6 +75,11 @@ def _add_new_columns(database) -> None:
                 raise RuntimeError(f"{table}.{field.column_name}: a new column needs null=True or a default")
             apply(migrator.add_column(table, field.column_name, field))  # and its index, if it has one
             logger.info("migration: %s.%s added", table, field.column_name)
+            if (table, field.column_name) == ("conversation_member", "wrote"):
+                database.execute_sql(  # who has written where, from the messages already stored
+                    "UPDATE conversation_member SET wrote = 1 WHERE EXISTS (SELECT 1 FROM message "
+                    "WHERE message.conversation_id = conversation_member.conversation_id "
+                    "AND message.sender_id = conversation_member.user_id)")
 
 
 def _add_username_key(database) -> None:

@@ -87,6 +87,9 @@ class ConversationMember(BaseModel):
     joined_at = pw.BigIntegerField(default=now_ms)
     muted_until = pw.BigIntegerField(default=0)  # a group admin muted this member: no sends until then
     notifications_muted = pw.BooleanField(default=False)  # the member muted the conversation: no push
+    # The member has sent something here. A private chat's peer sees your presence only once you
+    # wrote in it: one unsolicited message does not make its sender your contact.
+    wrote = pw.BooleanField(default=False)
 
     class Meta:
         indexes = ((("conversation_id", "user_id"), True),)

@@ -57,9 +57,12 @@ def members_of(conversation_ids) -> dict[int, list[int]]:
 
 
 def contact_ids(user_id: int) -> list[int]:
-    """Everyone who shares a conversation with ``user_id`` and whom they have not blocked (who
-    watches their presence)."""
-    mine = Member.select(Member.conversation_id).where(Member.user_id == user_id)
+    """Who sees ``user_id``'s presence: the members of their groups, and their private chats'
+    peers once ``user_id`` wrote there (a stranger's unsolicited message is not enough); never
+    someone they blocked."""
+    mine = (Member.select(Member.conversation_id)
+            .join(Conversation, on=(Conversation.id == Member.conversation_id))
+            .where((Member.user_id == user_id) & ((Conversation.type == Conversation.GROUP) | Member.wrote)))
     blocked = Block.select(Block.blocked_id).where(Block.user_id == user_id)
     query = (Member.select(Member.user_id).distinct()
              .where(Member.conversation_id.in_(mine) & (Member.user_id != user_id)

@@ -108,7 +108,7 @@ def _store_batch(sends, convs, results, known: dict[str, Message],
             own = {(m.conversation_id, m.sender_id): m.seq for m in new}  # seqs ascend: the last wins
             own_seq = pw.Case(None, [((Member.conversation_id == c) & (Member.user_id == u), seq)
                                      for (c, u), seq in own.items()])
-            (Member.update(read_seq=own_seq)
+            (Member.update(read_seq=own_seq, wrote=True)
              .where(pw.Tuple(Member.conversation_id, Member.user_id).in_(list(own))).execute())
             if checks is not None:
                 _write_changes(checks)

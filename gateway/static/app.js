@@ -239,6 +239,10 @@ function onMessage(message) {
   else if (conv === state.current && document.visibilityState === "visible") markRead(conv);
   else state.link.send("ack", { conversation_id: conv.id, seq: message.seq, ack_type: "delivered" });
   clearTyping(conv.id, message.from_user_id);
+  // A private peer's presence is shown to you once they wrote to you (docs/SECURITY.md): ask now.
+  if (conv.type === "private" && message.from_user_id === conv.peerId && !state.online.has(conv.peerId)) {
+    loadPresence(conv.peerId);
+  }
   changed(conv);
 }
 
@@ -248,10 +252,7 @@ function onAck(ack) {
   state.pending.delete(ack.msg_id);
   savePending();
   let conv = state.convs.get(ack.conversation_id);
-  if (!conv && pending.peerId != null && state.drafts.has(pending.peerId)) {
-    conv = adoptDraft(pending.peerId, ack.conversation_id);
-    loadPresence(pending.peerId);  // presence is shown to contacts only: you are one now
-  }
+  if (!conv && pending.peerId != null && state.drafts.has(pending.peerId)) conv = adoptDraft(pending.peerId, ack.conversation_id);
   if (!conv) {
     refreshConversations().catch(showError);
     return;

@@ -100,6 +100,9 @@ def test_a_blocked_user_cannot_start_or_continue_a_private_chat(cfg):
     with db.connection_context():
         a, b, c = _users(cfg, 3)
         first = send(a, "hello", **_to(b))
+        assert a not in chat.contact_ids(b)  # an unsolicited message does not show b's presence to a...
+        send(b, "who is this?", **_to(a))
+        assert a in chat.contact_ids(b)  # ...b's answer does...
         chat.block(b, a, True)
         before = snapshot(first.conversation.id)
         assert refused(send(a, "still there?", **_to(b)), Code.BLOCKED)
@@ -108,7 +111,7 @@ def test_a_blocked_user_cannot_start_or_continue_a_private_chat(cfg):
         chat.block(c, a, True)
         assert refused(send(a, "hi c", **_to(c)), Code.BLOCKED)
         assert not Conversation.select().where(Conversation.private_key == f"{min(a, c)}:{max(a, c)}").exists()
-        assert a not in chat.contact_ids(b)  # b's presence is not shown to a
+        assert a not in chat.contact_ids(b)  # ...until b blocks a
         chat.block(b, a, False)
         assert not isinstance(send(a, "friends again", **_to(b)), AppError)
         assert chat.blocked_ids(b) == []

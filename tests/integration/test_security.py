@@ -481,6 +481,12 @@ def test_status_is_shown_to_contacts_only(gw):
     status, _, body = call(gw, "POST", "/api/v1/messages", {"msg_id": uuid.uuid4().hex, "to_user_id": bob["id"],
                                                            "content": "hi"}, token=a)
     assert status == 200, body
+    # One unsolicited message does not show bob's presence to alice; his answer does.
+    assert call(gw, "GET", f"/api/v1/users/{bob['id']}/status", token=a)[2]["code"] == 10004
+    assert call(gw, "GET", f"/api/v1/users/{alice['id']}/status", token=login(gw, bob)["token"])[0] == 200
+    status, _, body = call(gw, "POST", "/api/v1/messages", {"msg_id": uuid.uuid4().hex, "to_user_id": alice["id"],
+                                                           "content": "hello"}, token=login(gw, bob)["token"])
+    assert status == 200, body
     assert call(gw, "GET", f"/api/v1/users/{bob['id']}/status", token=a)[0] == 200
     status, _, body = call(gw, "GET", f"/api/v1/users/{bob['id']}/status", token=s)
     assert (status, body["code"]) == (403, 10004)

@@ -4,7 +4,7 @@ import pytest
 
 from common import accounts
 from common.config import DbConfig
-from common.models import MODELS, Message, User, db, init_db
+from common.models import MODELS, ConversationMember, Message, User, db, init_db
 from common.migrations import migrate
 
 
@@ -58,6 +58,29 @@ def test_a_message_table_from_before_edits_and_replies_gains_their_columns(tmp_p
             assert (old.content, old.state, old.edited_at, old.target_msg_id) == ("hello", "", None, None)
             assert any(i.columns == ["target_msg_id"] for i in db.get_indexes("message"))
             assert {"mention", "reaction", "hidden_message"} <= set(db.get_tables())
+    finally:
+        db.close()
+        db.initialize(None)
+
+
+def test_who_has_written_where_is_filled_in_from_the_stored_messages(tmp_path):
+    """conversation_member.wrote (presence: a private peer is a contact once you wrote) added to an
+    older database is set for the members who have a message there, and only for them."""
+    init_db(DbConfig(engine="sqlite", path=str(tmp_path / "old.db"), host="", port=0, username="",
+                     password="", name="", max_connections=1))
+    try:
+        with db.connection_context():
+            db.create_tables(MODELS)
+            db.execute_sql('ALTER TABLE "conversation_member" DROP COLUMN "wrote"')
+            for user in (3, 4):
+                db.execute_sql('INSERT INTO "conversation_member" (conversation_id, user_id, role, delivered_seq, '
+                               'read_seq, joined_at, muted_until, notifications_muted) VALUES (7, ?, '
+                               "'member', 0, 0, 0, 0, 0)", (user,))
+            Message.create(msg_id="m-1", conversation_id=7, seq=1, sender_id=3, content="hi")
+        migrate()
+        with db.connection_context():
+            assert dict(ConversationMember.select(ConversationMember.user_id, ConversationMember.wrote)
+                        .order_by(ConversationMember.user_id).tuples()) == {3: True, 4: False}
     finally:
         db.close()
         db.initialize(None)

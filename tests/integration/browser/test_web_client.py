@@ -28,12 +28,11 @@ def test_two_people_chat_privately_with_receipts_typing_and_presence(people):
     bob.register(unique("bob"))
 
     alice.chat_with(bob.username)
-    # Presence is for contacts only (docs/SECURITY.md): a stranger's is not shown...
-    expect(alice.page.locator("#peer-dot")).not_to_have_class("dot online")
+    # Presence is for contacts only (docs/SECURITY.md): a stranger's is not shown, nor is it after
+    # an unsolicited message...
     alice.send("Hi Bob! Lunch at noon?")
     expect(alice.page.locator("#messages li.msg[data-status=stored]")).to_have_count(1)
-    # ...and once they share a conversation, it is.
-    expect(alice.page.locator("#peer-dot")).to_have_class("dot online")
+    expect(alice.page.locator("#peer-dot")).not_to_have_class("dot online")
 
     # Bob's list shows the new conversation, unread, with its last message; opening it reads it.
     conv = bob.conversation(alice.username)
@@ -48,6 +47,7 @@ def test_two_people_chat_privately_with_receipts_typing_and_presence(people):
     expect(alice.page.locator("#typing")).to_contain_text("typing")
     bob.send("Sure — see you there.")
     alice.expect_messages(["Hi Bob! Lunch at noon?", "Sure — see you there."])
+    expect(alice.page.locator("#peer-dot")).to_have_class("dot online")  # ...but once he answered
     bob.expect_messages(["Hi Bob! Lunch at noon?", "Sure — see you there."])
     expect(alice.page.locator("#typing")).to_have_text("")
     alice.screenshot("private-chat-alice")
