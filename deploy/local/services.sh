@@ -485,6 +485,10 @@ PROPS
 
 stop_kafka_cluster() {
   local i pid
+  # All at once: the last node stopped alone has no quorum and waits for it until KILLed.
+  for ((i = 1; i <= KAFKA_NODES; i++)); do
+    if pid="$(node_pid "$i")"; then kill -TERM "$pid" 2>/dev/null || true; fi
+  done
   for ((i = 1; i <= KAFKA_NODES; i++)); do
     if pid="$(node_pid "$i")"; then
       terminate "kafka node $i" "$pid"
