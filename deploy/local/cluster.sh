@@ -132,6 +132,9 @@ install() {
   command -v runc >/dev/null || [[ -x /usr/sbin/runc ]] || pkgs+=(runc)
   [[ -x /usr/bin/etcd ]] || pkgs+=(etcd-server)
   command -v openssl >/dev/null || pkgs+=(openssl)
+  command -v curl >/dev/null || pkgs+=(curl)
+  command -v ip >/dev/null || pkgs+=(iproute2)
+  [[ -x /usr/lib/cni/loopback ]] || pkgs+=(containernetworking-plugins)
   command -v gcc >/dev/null && [[ -e /usr/lib/x86_64-linux-gnu/libc.a || -e /usr/lib/aarch64-linux-gnu/libc.a ]] \
     || pkgs+=(gcc libc6-dev)
   apt_install "${pkgs[@]}"
