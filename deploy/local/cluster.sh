@@ -63,7 +63,6 @@ elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'
 source "$HERE/lib.sh"   # apt_install
 
 tool() { bash "$HERE/tools.sh" path "$1"; }
-port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 pidfile() { echo "$C/run/$1.pid"; }
 logfile() { echo "$C/logs/$1.log"; }
 
