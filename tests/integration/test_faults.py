@@ -118,7 +118,10 @@ CHAT = ("register", "login", "send", "deliver", "retry", "dlq")
 def test_killing_send_and_deliver_workers_loses_nothing(base_env, start_function, start_gateway, tmp_path):
     import signal
 
-    _, env, procs, gw = _scenario(base_env, start_function, start_gateway, CHAT)
+    # Static group membership (one name: each function is its own group), as `python -m functions
+    # all` and containers named by their pod give: a restarted worker takes its partitions back at
+    # once instead of after the session timeout (docs/OPERATIONS.md, Failover).
+    _, env, procs, gw = _scenario(base_env, start_function, start_gateway, CHAT, KAFKA_GROUP_INSTANCE_ID="chaos-0")
     out = tmp_path / "chaos.json"
     load = _load(base_env, env, gw, out)
     kills = 0
