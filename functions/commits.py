@@ -38,11 +38,24 @@ class CommitSchedule:
         return offsets
 
     def failed(self, offsets: dict) -> None:
-        """A commit of ``offsets`` failed: send them with the next commit (a partition a later
-        batch moved on keeps its newer offset). An idle worker would otherwise leave its last
-        offsets uncommitted for good, and its group's lag would never come back to 0."""
+        """A commit of ``offsets`` failed: send them with the next commit. Only where they are
+        still the partition's latest: a partition a later batch moved on (its newer offset is
+        pending, or was sent already) or one given up since (:meth:`revoked`) must not be sent
+        back to an older offset — that rewound the group after a scale-in (issue 18). An idle
+        worker would otherwise leave its last offsets uncommitted for good, and its group's lag
+        would never come back to 0."""
         for tp, offset in offsets.items():
-            self._pending.setdefault(tp, offset)
+            if self.done.get(tp) == offset:
+                self._pending.setdefault(tp, offset)
+
+    def revoked(self, partitions) -> dict:
+        """The partitions are another worker's from now on: what of them is finished but not
+        committed yet (commit it before letting go), and forget them — a partition that comes back
+        later starts from the group's committed offset, not from this worker's old one."""
+        unsent = {tp: self._pending.pop(tp) for tp in list(self._pending) if tp in partitions}
+        for tp in partitions:
+            self.done.pop(tp, None)
+        return unsent
 
     def final(self, owned) -> dict:
         """Everything done, of the partitions in ``owned``: the last commit before closing."""

@@ -134,14 +134,18 @@ def _metadata(offsets: dict) -> dict:
 
 
 class _GroupListener(ConsumerRebalanceListener):
-    """Tells the probes whether the worker holds an assignment, and counts rebalances."""
+    """Tells the probes whether the worker holds an assignment, counts rebalances, and hands the
+    worker the partitions it gives up (``on_revoked``)."""
 
-    def __init__(self, state: probes.WorkerState, fn_metrics: metrics.FunctionMetrics):
+    def __init__(self, state: probes.WorkerState, fn_metrics: metrics.FunctionMetrics,
+                 on_revoked: Callable[[set], None] = lambda partitions: None):
         self.state = state
         self.metrics = fn_metrics
+        self.on_revoked = on_revoked
 
     def on_partitions_revoked(self, revoked):
         self.state.assigned = False
+        self.on_revoked(set(revoked))
 
     def on_partitions_assigned(self, assigned):
         self.state.assigned = True
@@ -183,7 +187,7 @@ class Worker:
         # Metadata first: a group leader without it assigns nobody any partition, and the group
         # then idles until the next metadata refresh.
         partitions = self.consumer.partitions_for_topic(topic)
-        self.consumer.subscribe([topic], listener=_GroupListener(self.state, self.metrics))
+        self.consumer.subscribe([topic], listener=_GroupListener(self.state, self.metrics, self._revoked))
         logger.info("function %s consuming %s (%d partitions) as group %s", self.name, topic,
                     len(partitions), self.config.group(self.name))
         assigned = None
@@ -245,9 +249,24 @@ class Worker:
             self._commit(batch)
         return sum(len(records) for records in batch.values())
 
+    def _revoked(self, partitions: set) -> None:
+        """A rebalance takes ``partitions`` away (kafka-python calls this inside ``poll``, while the
+        worker is still their owner): commit what is finished of them, then forget them. A batch
+        still waiting for its outputs' acknowledgement is left to the next owner, which runs it
+        again (at least once; handlers are idempotent)."""
+        unsent = self.commits.revoked(partitions)
+        if not unsent:
+            return
+        try:
+            self.consumer.commit(_metadata(unsent), timeout_ms=COMMIT_TIMEOUT_MS)
+        except KafkaError as exc:  # the next owner re-runs those batches
+            self._commit_failed(unsent, exc)
+
     def _commit(self, batch) -> None:
-        """Mark a batch finished; its offsets are committed with the next commit that goes out."""
-        self.commits.finished(_next_offsets(batch))
+        """Mark a batch finished; its offsets are committed with the next commit that goes out.
+        Only for partitions still owned: one given up meanwhile is its next owner's to commit."""
+        owned = self.consumer.assignment()
+        self.commits.finished({tp: offset for tp, offset in _next_offsets(batch).items() if tp in owned})
         self._blocked = 0
         self.metrics.processed.inc(sum(len(records) for records in batch.values()))
         self._maybe_commit()

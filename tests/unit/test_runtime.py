@@ -363,6 +363,32 @@ def test_commit_schedule_resends_a_failed_commit_unless_a_later_batch_moved_on()
     assert schedule.final(owned={TP, TP1}) == {TP: 5, TP1: 9} and schedule.final(owned={TP}) == {TP: 5}
 
 
+def test_a_late_failure_of_an_older_commit_never_sends_the_partition_back():
+    """The rewind helper-k8s's autoscaling test found after a scale-in: the answer to an older
+    commit failing after a newer one went out must not queue the older offset again."""
+    schedule = CommitSchedule(interval_s=1)
+    schedule.finished({TP: 3})
+    first = schedule.due(now=0, owned={TP})
+    schedule.finished({TP: 5})
+    assert schedule.due(now=1, owned={TP}) == {TP: 5}
+    schedule.failed(first)                                        # the first one's late answer
+    assert schedule.due(now=2, owned={TP}) == {}
+
+
+def test_a_revoked_partition_is_committed_then_forgotten_so_it_comes_back_clean():
+    schedule = CommitSchedule(interval_s=1)
+    schedule.finished({TP: 3, TP1: 9})
+    assert schedule.due(now=0, owned={TP, TP1}) == {TP: 3, TP1: 9}
+    schedule.finished({TP: 4})
+    assert schedule.revoked({TP}) == {TP: 4}                      # finished, not sent: commit it now
+    schedule.failed({TP: 3})                                      # an answer about it after letting go
+    assert schedule.due(now=1, owned={TP, TP1}) == {}
+    # TP comes back (another worker moved it on meanwhile): closing commits nothing old for it
+    assert schedule.final(owned={TP, TP1}) == {TP1: 9}
+    schedule.finished({TP: 40})
+    assert schedule.due(now=2, owned={TP, TP1}) == {TP: 40}
+
+
 # -- the declared spec ---------------------------------------------------------------------------
 
 def test_every_function_declares_a_valid_spec():
