@@ -9,11 +9,12 @@ min.insync.replicas 2, producers with acks=all), a private one for this module, 
 
 Each prints its write-unavailability window. Marked slow: about 3-5 minutes with the cluster's
 start (three more JVMs on the box), so they run only with ``PINGME_CLUSTER_TESTS=1``. Results so
-far (2-core box at load 9-14): the leader kill passed 3 of 4 runs (writes back within 6-13 s, all
-2,000 messages acked and pushed once, checker clean); in the 4th every final sync and then every
-store waited 30 s for the database and failed (20001) after the kill: not understood yet (issue 15).
-Below the minimum ISR the sends were refused with 50008 after 30 s (the producer's delivery
-timeout) and stored once when resent (1 of 2 runs; the other inherited that database stall).
+far (2-core box at load 9-14): the leader kill passed 4 of 5 runs (e2e p99 after the kill 5.2-12.6
+s, all 2,000 messages acked and pushed once, checker clean); in the other every final sync and then
+every store waited 30 s for the database and failed (20001) after the kill: not understood yet,
+not seen again (issue 15). Below the minimum ISR the sends were refused with 50008 after 30 s (the
+producer's delivery timeout) and stored once when resent (2 of 3 runs; the third inherited that
+database stall).
 """
 from __future__ import annotations
 
