@@ -2,7 +2,9 @@
 
 Input: topic ``<ns>.send``, key = the conversation's route key (``p<low>:<high>`` or ``g<group>``,
 so one partition orders a conversation). Value: ``{msg_id, sender_id, to_user_id | group_id,
-content, content_type, reply_to, conn_id? | request_id?}`` from a gateway.
+content, content_type, reply_to_msg_id?, mentions?, target_msg_id?, reply_to, conn_id? |
+request_id?}`` from a gateway: a message, or a change to one (``content_type`` edit, recall,
+delete, react, unreact with ``target_msg_id``; common/chat/changes.py), stored the same way.
 Outputs, only after the message is stored with its seq:
   * ``<ns>.deliver`` ``{kind: "message", message, origin_conn}``, key = conversation id;
   * on the sender's gateway channel ``reply_to``, the ack ``{msg_id, conversation_id, seq,
@@ -14,7 +16,7 @@ Idempotency: ``msg_id``. A resent or redelivered message is stored once and re-e
 and deliver event (same seq), so a crash between the commit and the produce heals itself.
 Errors are answered the same way (an ``error`` frame whose ``ref`` is the msg_id, or an rpc error):
 10002 bad field, 10006 msg_id reused, 30001 unknown recipient, 40002 unknown group,
-40003 not a member. A database or Redis outage pauses the function until it ends (the runtime's
+40003 not a member, 40004-40010 (changes, replies, muted, dissolved, blocked). A database or Redis outage pauses the function until it ends (the runtime's
 back-pressure); a send that keeps failing while they answer is retried, then dead-lettered, and
 its sender gets an error with that code (50006) and the msg_id (``on_dead_letter``).
 """
