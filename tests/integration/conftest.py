@@ -23,7 +23,7 @@ import pymysql
 import pytest
 
 from common import bus, config as config_mod
-from common.models import db, init_db
+from common.models import init_db
 from common.migrations import migrate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,7 +92,7 @@ def cfg(base_env):
     for attempt in range(30):
         try:
             _server_sql(cfg, f"CREATE DATABASE IF NOT EXISTS `{cfg.db.name}` CHARACTER SET utf8mb4")
-            init_db(cfg.db)
+            database = init_db(cfg.db)
             migrate()
             bus.ensure_topics(cfg)
             break
@@ -102,7 +102,7 @@ def cfg(base_env):
                             "(deploy/local/services.sh start) first")
             time.sleep(1)
     yield cfg
-    db.close()
+    database.close()  # this session's database: unit tests may have pointed the models elsewhere since
     _server_sql(cfg, f"DROP DATABASE IF EXISTS `{cfg.db.name}`")
 
 

@@ -35,7 +35,8 @@ IMAGE = "localhost/pingme:test"
 GRACE_S = 20  # what a deployment gives a container between SIGTERM and SIGKILL (k8s default: 30)
 # Passed into the containers from the test session's environment; nothing else of the host is.
 FORWARDED = ("KAFKA_BROKERS", "REDIS_HOST", "REDIS_PORT", "DB_ENGINE", "DB_HOST", "DB_PORT", "DB_USERNAME",
-             "DB_PASSWORD", "DB_NAME", "PASSWORD_ITERATIONS", "KAFKA_PARTITIONS", "JWT_SECRET")
+             "DB_PASSWORD", "DB_NAME", "PASSWORD_ITERATIONS", "KAFKA_PARTITIONS", "JWT_SECRET",
+             "RATE_LIMIT_ENABLED")  # off for the test session: the load tool registers its users from one address
 
 
 def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:

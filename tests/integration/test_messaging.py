@@ -265,8 +265,12 @@ def test_send_over_http_is_idempotent(cfg, gw1, gw2, clients):
 def test_typing_and_presence(cfg, gw1, gw2, clients):
     alice, bob = make_users(cfg, 2)
     a = clients(gw1, alice)
-    a.send("send", {"msg_id": mid(), "to_user_id": bob.id, "content": "are you there?"})
-    conversation_id = a.expect("message_ack")["conversation_id"]
+    # Bob writes first, over HTTP without a socket: alice is his contact from then on (presence is
+    # for contacts; a private chat's peer is one once you wrote in it).
+    status, body = gw1.call("POST", "/api/v1/messages", {"msg_id": mid(), "to_user_id": alice.id,
+                                                         "content": "are you there?"}, token=bob.token)
+    assert status == 200, body
+    conversation_id = body["data"]["conversation_id"]
     assert gw1.call("GET", f"/api/v1/users/{bob.id}/status", token=alice.token)[1]["data"]["online"] is False
 
     b = clients(gw2, bob)
