@@ -64,8 +64,9 @@ def store_messages(sends: list[tuple[int, dict]], rules: ChatConfig = ChatConfig
 def _store_batch(sends, convs, results, known: dict[str, Message],
                  rules: ChatConfig = ChatConfig()) -> list[Stored | AppError]:
     new: list[Message] = []
-    checked = [(s, f, c) for (s, f), c, r in zip(sends, convs, results) if r is None and needs_checks(f)]
-    checks = Changes(rules, checked, known) if checked else None
+    # The sends that name other messages or users (most do not): checked in order as they are stored.
+    checked = {i for i, ((_, f), r) in enumerate(zip(sends, results)) if r is None and needs_checks(f)}
+    checks = Changes(rules, [(*sends[i], convs[i]) for i in sorted(checked)], known) if checked else None
     for i, ((sender_id, fields), conv) in enumerate(zip(sends, convs)):
         if results[i] is not None:
             continue
@@ -77,7 +78,7 @@ def _store_batch(sends, convs, results, known: dict[str, Message],
                               created_at=now_ms(), target_msg_id=fields.get("target_msg_id"),
                               reply_to_msg_id=fields.get("reply_to_msg_id"), mentions=None,
                               edited_at=None, state="")
-            refused = checks.check(message, fields, conv) if checks and needs_checks(fields) else None
+            refused = checks.check(message, fields, conv) if i in checked else None
             if refused is not None:
                 results[i] = refused
                 continue
