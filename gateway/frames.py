@@ -59,8 +59,11 @@ def handle(text, conn, gw) -> list[str]:
         ref = payload.get("msg_id") if sends and isinstance(payload.get("msg_id"), str) else kind
         return [error_frame(exc, ref)]
     except (pw.OperationalError, pw.InterfaceError) as exc:
-        logger.error("%s frame of conn %s not served code=%d: %s", kind, conn.conn_id, Code.DATABASE_ERROR,
-                     type(exc).__name__)
+        # The server's error number, not its message (which may quote data): 2003/2013 the server
+        # is away, 1054 a column the code expects and the schema lacks (a migration not run).
+        errno = exc.args[0] if exc.args and isinstance(exc.args[0], int) else ""
+        logger.error("%s frame of conn %s not served code=%d: %s %s", kind, conn.conn_id, Code.DATABASE_ERROR,
+                     type(exc).__name__, errno)
         return [error_frame(AppError(Code.DATABASE_ERROR, "database unavailable; try again later"), kind)]
 
 
