@@ -141,3 +141,23 @@ class DlqDepth:
 
 
 REGISTRY.register(DlqDepth())
+
+
+class Greenlets:
+    """``pingme_gateway_greenlets``: live greenlets in this gateway process, counted at scrape time
+    (a socket's reader and writer, a request, the gateway's own loops). Growing while
+    ``pingme_ws_connections`` does not is a leak. The count walks the collector's objects: a few
+    milliseconds per 100,000 objects, once per scrape."""
+
+    def collect(self):
+        import gc
+
+        from greenlet import greenlet
+        live = sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet) and not obj.dead)
+        yield GaugeMetricFamily("pingme_gateway_greenlets", "Live greenlets in this gateway process.", value=live)
+
+    def describe(self):
+        return []
+
+
+REGISTRY.register(Greenlets())

@@ -278,3 +278,19 @@ def test_a_slow_reader_drop_is_counted(gateway_db):
         value(before, "pingme_ws_frames_out_total", type="message") == pushed
     assert not conn.push(ws_frame("late").decode(errors="replace"))  # gone: nothing more is written
     client.close()
+
+
+def test_the_gateway_counts_its_live_greenlets(gateway_db):
+    import gevent
+    import gevent.event
+
+    release = gevent.event.Event()
+    gevent.sleep(0)  # the hub exists before the first count
+    before = value(gw_metrics.exposition(), "pingme_gateway_greenlets")
+    waiting = [gevent.spawn(release.wait) for _ in range(25)]
+    gevent.sleep(0)  # started, and parked on the event
+    assert value(gw_metrics.exposition(), "pingme_gateway_greenlets") - before == 25
+    release.set()
+    gevent.joinall(waiting)
+    del waiting
+    assert value(gw_metrics.exposition(), "pingme_gateway_greenlets") == before  # finished ones are not counted
