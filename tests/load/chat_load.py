@@ -108,10 +108,15 @@ class Peer:
             pass
 
 
+class SyncRefused(Exception):
+    """A sync answered with an ``error`` frame: its code and message."""
+
+
 def sync_all(ws_url: str, token: str, conversation_id: int,
              history: history_mod.History | None = None) -> list[dict]:
     """Every message of a conversation, paged through ``sync`` on a fresh connection (recorded in
-    ``history`` as one complete read)."""
+    ``history`` as one complete read). SyncRefused when the gateway answers with an error (e.g.
+    20001: it could not read the database), at once rather than after the 30 s wait for an answer."""
     ws = wsclient.connect(f"{ws_url}?token={token}")
     conn = next_frame(ws, 10, "auth_ok")["payload"].get("conn_id", "sync")
     messages, after = [], 0
@@ -122,6 +127,9 @@ def sync_all(ws_url: str, token: str, conversation_id: int,
             frame = next_frame(ws, 30, "sync answer")
             if frame["type"] == "sync":
                 break
+            if frame["type"] == "error" and frame["payload"].get("ref") == "sync":
+                ws.close()
+                raise SyncRefused(frame["payload"].get("code"), frame["payload"].get("message"))
         page = frame["payload"]
         messages += page["messages"]
         if not page["has_more"] or not page["messages"]:
@@ -234,7 +242,7 @@ def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False,
         recipient = sent[next(iter(expected))][1]
         try:
             messages = sync_all(ws_url, tokens[recipient], conversation_id, history)
-        except (TimeoutError, simple_websocket.ConnectionClosed) as exc:
+        except (TimeoutError, SyncRefused, simple_websocket.ConnectionClosed) as exc:
             print(f"sync of conversation {conversation_id} failed: {exc!r}", file=sys.stderr)
             sync_problems += 1
             continue
