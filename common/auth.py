@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 import re
+import secrets
 import time
 
 import jwt
@@ -46,7 +47,10 @@ def verify_password(password: str, stored: str) -> bool:
 def issue_token(user_id: int, cfg: JwtConfig, now: float | None = None, *, version: int | None = None,
                 sid: str | None = None) -> str:
     issued = int(time.time() if now is None else now)
-    claims = {"sub": str(user_id), "iat": issued, "exp": issued + cfg.ttl_seconds, "iss": cfg.issuer}
+    # jti: every token issued is a different string, even two for one session in one second (a
+    # refresh right after the login would otherwise hand back the very token it replaces).
+    claims = {"sub": str(user_id), "iat": issued, "exp": issued + cfg.ttl_seconds, "iss": cfg.issuer,
+              "jti": secrets.token_urlsafe(12)}
     if sid is not None:
         claims.update(sid=sid, ver=int(version or 0))
     return jwt.encode(claims, cfg.secret, algorithm="HS256")

@@ -24,6 +24,13 @@ def test_a_session_token_carries_its_session_and_version():
     assert auth.verify_token(signed(ver=0, sid="b" * 32), JWT, NOW) == 7
 
 
+def test_two_tokens_issued_for_one_session_in_one_second_differ():
+    """A refresh right after a login gets a token of its own, not the one it replaces."""
+    first, second = (auth.issue_token(7, JWT, NOW, version=0, sid="a" * 32) for _ in range(2))
+    assert first != second
+    assert auth.decode_token(first, JWT, NOW)["jti"] != auth.decode_token(second, JWT, NOW)["jti"]
+
+
 @pytest.mark.parametrize("claims", [
     {"sub": 7}, {"sub": "07"}, {"sub": "0"}, {"sub": "-7"}, {"sub": "7\n"}, {"sub": "1" * 20},
     {"ver": True}, {"ver": "1"}, {"ver": 1.0},

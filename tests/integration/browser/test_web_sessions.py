@@ -29,9 +29,6 @@ def session(page) -> dict:
     return page.page.evaluate("JSON.parse(sessionStorage.getItem('pingme.session'))")
 
 
-@pytest.mark.xfail(reason="fails on main since the end of stop 21 (the reloaded page keeps its old token; passed in "
-                          "that stop's first CI run): under investigation, issue 13 — the refresh itself is "
-                          "tested in test_an_api_call_that_finds_its_token_expired_refreshes_once_and_is_retried")
 def test_an_expired_access_token_is_refreshed_without_a_new_login(people, chat_system, cfg):
     (alice,) = people(1)
     alice.register(unique("alice"))
