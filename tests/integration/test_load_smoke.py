@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 from common import bus
-from tests.integration.conftest import REPO
-from tests.load import procstats
+from tests.integration.conftest import REPO, wait_for
+from tests.load import history as history_mod, procstats
 
 
 def test_chat_load_tool_smoke(gw1, tmp_path):
@@ -38,6 +38,37 @@ def test_chat_load_tool_smoke(gw1, tmp_path):
         assert png.exists() and png.stat().st_size > 0, done.stdout[-2000:]
     else:  # the tool says why there is no plot instead of failing or staying silent
         assert not png.exists() and "matplotlib is not installed" in done.stdout, done.stdout[-2000:]
+
+
+def test_chat_load_tool_over_http_smoke(gw1, tmp_path):
+    """chat_load --http: every message is a POST /api/v1/messages whose answer is its ack (the
+    gateway served them, and the history has the acks on the HTTP clients), delivered and stored
+    once; latency split at the stored time; the connections capped."""
+    out, history = tmp_path / "http.json", tmp_path / "http-history.jsonl"
+    posts_before = gw1.proc.log().count('"POST /api/v1/messages" 200')
+    done = subprocess.run([sys.executable, "-m", "tests.load.chat_load", "--url", gw1.base, "--pairs", "2",
+                           "--rate", "40", "--duration", "1", "--out", str(out), "--http", "--connections", "3",
+                           "--history", str(history)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    print(done.stdout)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["transport"] == "http"
+    assert result["sent"] == result["acked"] == result["delivered"] == 40
+    assert result["lost"] == 0 and result["sync_problems"] == 0 and result["errors"] == 0
+    assert result["checker"]["ok"] and result["checker"]["stats"]["acked"] == 40, result["checker"]
+    acks = [op for op in history_mod.read(history) if op["op"] == "ack"]
+    assert len(acks) == 40 and all(op["conn"].startswith("http-") for op in acks)
+    assert wait_for(lambda: gw1.proc.log().count('"POST /api/v1/messages" 200') - posts_before == 40,
+                    timeout=10, what="the gateway's access log lines")
+    assert 1 <= result["http_connections"]["opened"] <= 3
+    assert 0 < result["ack_ms"]["p50"] <= result["ack_ms"]["p99"]
+    stages = result["stages_ms"]
+    assert stages["to_stored"]["count"] == stages["stored_to_ack"]["count"] == 40
+    assert result["late_ms"]["count"] == 40
+    assert result["processes"]["gw"]["cpu_pct"] > 0, result["processes"]
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert out.with_suffix(".png").stat().st_size > 0
 
 
 def test_conn_capacity_tool_smoke(gw1, tmp_path):

@@ -1,18 +1,33 @@
-"""Chat load: private messages over WebSocket at a target rate, checked for loss, with latencies.
+"""Chat load: private messages over WebSocket (or HTTP) at a target rate, checked for loss, with latencies.
 
     python -m tests.load.chat_load [--url http://127.0.0.1:8080] [--pairs 50] [--rate 500]
                                    [--duration 20] [--out results/chat_load.json] [--plot PATH]
+                                   [--http [--connections 256]]
 
 Against a running system (`make dev`; start it with PASSWORD_ITERATIONS=1000 so registering the
 load users is quick). Registers ``2 × pairs`` users, connects each once, then sends private
-messages round-robin across the pairs at ``rate`` per second for ``duration`` seconds. For every
-message it records the send time, the ack time and the recipient's receive time; afterwards it
+messages round-robin across the pairs at ``rate`` per second for ``duration`` seconds: open loop,
+each message goes when it is due whatever the answers to the ones before, and every latency counts
+from that due time (how late the tool itself was is reported as ``late_ms``). For every message it
+records the ack time and the recipient's receive time, and splits the ack's latency at the
+``server_ts`` the ack carries (the send function's clock when it stored the message: ``stages_ms``
+``to_stored`` and ``stored_to_ack``; same machine, millisecond resolution); afterwards it
 reconnects every recipient and syncs its conversation to check that every acked message is stored
-once, in seq order. Bounded: it stops after the duration plus a drain of at most ``--drain``
-seconds (30; it ends once every send is acked or refused and every acked message received).
-While sending and draining it samples the CPU and memory of the system's processes (the gateway,
-each function, Kafka, Redis, MariaDB and itself; see tests/load/procstats.py): the progress line
-shows the busiest, the JSON their CPU % over the run and peak and end RSS. The JSON also keeps a
+once, in seq order.
+
+With ``--http`` each message is sent as ``POST /api/v1/messages`` instead of a ``send`` frame (the
+path bots and simple integrations use), over at most ``--connections`` keep-alive connections
+(tests/load/rawhttp.py; a request waits for a free one, and that wait counts in its latency); its
+ack is the answer, a refusal the answer's code, no answer at all an outcome unknown. The first
+user of each pair only sends, without a socket (as a bot does: a sender's other sockets would get
+each message too); the second receives on its socket and sends the read receipts. The checks are
+the same.
+
+Bounded: it stops after the duration plus a drain of at most ``--drain`` seconds (30; it ends
+once every send is acked or refused and every acked message received). While sending and draining
+it samples the CPU and memory of the system's processes (the gateway, each function, Kafka, Redis,
+MariaDB and itself; see tests/load/procstats.py): the progress line shows the busiest, the JSON
+their CPU % over the run and peak and end RSS. The JSON also keeps a
 per-second timeline (sent, delivered, e2e p50/p99 by send second) to compare runs by.
 Prints progress each second and a summary; writes everything to ``--out`` as JSON and a latency
 plot to ``--plot`` (default: ``--out`` with ``.png``; ``--plot ''`` for none; needs matplotlib from
@@ -34,7 +49,7 @@ import gevent  # noqa: E402
 import simple_websocket  # noqa: E402
 
 from tests import wsclient  # noqa: E402
-from tests.load import history as history_mod, procstats  # noqa: E402
+from tests.load import history as history_mod, procstats, rawhttp  # noqa: E402
 from tests.load.stats import percentiles  # noqa: E402
 from tests.load.users import register_users  # noqa: E402
 
@@ -50,21 +65,27 @@ def next_frame(ws, timeout: float, what: str) -> dict:
 class Peer:
     """One user with one socket; its reader records acks and received messages, and every
     operation in ``history`` (tests/load/history.py). It marks every ``read_every``-th message it
-    receives as read, so that its peer's receipts (read cursors) are in the history too."""
+    receives as read, so that its peer's receipts (read cursors) are in the history too. Without
+    ``connect`` it has no socket: a client that only sends over HTTP."""
 
     def __init__(self, ws_url: str, user_id: int, token: str, acks: dict, received: dict,
-                 history: history_mod.History | None = None, read_every: int = 4):
+                 history: history_mod.History | None = None, read_every: int = 4, connect: bool = True):
         self.user_id, self.token, self.ws_url = user_id, token, ws_url
         self.acks, self.received = acks, received
         self.history = history or history_mod.History()
         self.read_every = read_every
         self.duplicates = 0  # pushes of a msg_id this peer already had (allowed: at-least-once)
         self.pushes = 0
+        self.stored_at: dict[str, int | None] = {}  # msg_id → its ack's server_ts (ms)
+        self.errors: list[dict] = []
+        self.ws = self.reader = None
+        self.conn = f"http-{user_id}"
+        if not connect:
+            return
         self.ws = wsclient.connect(f"{ws_url}?token={token}")
         first = next_frame(self.ws, 10, "auth_ok")
         assert first["type"] == "auth_ok", first
         self.conn = first["payload"].get("conn_id") or f"u{user_id}"
-        self.errors: list[dict] = []
         self.reader = gevent.spawn(self._read)
 
     def _read(self):
@@ -75,8 +96,7 @@ class Peer:
                 frame = json.loads(text)
                 kind, payload = frame["type"], frame["payload"]
                 if kind == "message_ack":
-                    self.history.ack(self.conn, payload["msg_id"], payload["conversation_id"], payload["seq"])
-                    self.acks.setdefault(payload["msg_id"], (now, payload["seq"], payload["conversation_id"]))
+                    self.acked(self.conn, payload, now)
                 elif kind == "message":
                     self.history.push(self.conn, payload["msg_id"], payload["conversation_id"], payload["seq"])
                     if (self.user_id, payload["msg_id"]) in self.received:
@@ -95,12 +115,45 @@ class Peer:
         except (simple_websocket.ConnectionClosed, TypeError):
             return
 
+    def acked(self, conn: str, ack: dict, now: float) -> None:
+        self.history.ack(conn, ack["msg_id"], ack["conversation_id"], ack["seq"])
+        self.acks.setdefault(ack["msg_id"], (now, ack["seq"], ack["conversation_id"]))
+        self.stored_at.setdefault(ack["msg_id"], ack.get("server_ts"))
+
     def send(self, msg_id: str, to_user_id: int, content: str) -> None:
         self.history.send(self.conn, msg_id)
         self.ws.send(json.dumps({"type": "send", "payload": {"msg_id": msg_id, "to_user_id": to_user_id,
                                                              "content": content}}))
 
+    def send_http(self, pool: rawhttp.Pool, msg_id: str, to_user_id: int, content: str) -> None:
+        """The same send as ``POST /api/v1/messages`` (in a greenlet of its own: it waits for the
+        answer). Recorded in the history under an HTTP client of this user's, ``http-<user id>``."""
+        conn = f"http-{self.user_id}"
+        self.history.send(conn, msg_id)
+        body = json.dumps({"msg_id": msg_id, "to_user_id": to_user_id, "content": content}).encode()
+        try:
+            answer = pool.post("/api/v1/messages", body, self.token)
+        except (OSError, rawhttp.ProtocolError) as exc:
+            # No answer: stored or not, nobody knows (code None; history.AMBIGUOUS_CODES).
+            self.history.error(conn, msg_id, None)
+            self.errors.append({"ref": msg_id, "code": None, "message": type(exc).__name__})
+            return
+        now = time.time()
+        if answer.resent:
+            self.history.send(conn, msg_id)
+        try:
+            envelope = json.loads(answer.body)
+        except ValueError:  # not the gateway's envelope (a proxy's page?): what happened is unknown
+            envelope = {"message": f"HTTP {answer.status}, not JSON"}
+        if answer.status == 200 and envelope.get("code") == 0:
+            self.acked(conn, envelope["data"], now)
+        else:
+            self.history.error(conn, msg_id, envelope.get("code"))
+            self.errors.append({"ref": msg_id, "code": envelope.get("code"), "message": envelope.get("message")})
+
     def close(self):
+        if self.ws is None:
+            return
         self.reader.kill()
         try:
             self.ws.close()
@@ -177,16 +230,22 @@ def write_plot(path: Path, samples: list[tuple], title: str) -> bool:
 
 def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False,
         plot: Path | None = None, drain: float = 30, history_path: Path | None = None,
-        read_every: int = 4) -> dict:
+        read_every: int = 4, http: bool = False, connections: int = 256) -> dict:
     ws_url = url.replace("http://", "ws://") + "/ws"
     users = register_users(url, 2 * pairs, "load")
     acks: dict = {}
     received: dict = {}
     history = history_mod.History()
-    peers = [Peer(ws_url, uid, token, acks, received, history, read_every) for uid, token in users]
+    # Over WebSocket both users of a pair send and receive; over HTTP the first only sends (no
+    # socket: a bot), so that no push goes back to its sender's other device, the second receives.
+    peers = [Peer(ws_url, uid, token, acks, received, history, read_every, connect=not (http and i % 2 == 0))
+             for i, (uid, token) in enumerate(users)]
     routes = [(peers[2 * i], peers[2 * i + 1]) for i in range(pairs)]
-    routes += [(b, a) for a, b in routes]
-    sent: dict[str, tuple[float, int]] = {}  # msg_id → (send time, recipient)
+    if not http:
+        routes += [(b, a) for a, b in routes]
+    sent: dict[str, tuple[float, int]] = {}  # msg_id → (due time, recipient)
+    late: list[float] = []  # how late each send left, ms after its due time
+    pool = rawhttp.Pool(url, size=connections) if http else None
 
     sampler = procstats.Sampler(procstats.local_port(url))
     sampler.start()
@@ -201,8 +260,12 @@ def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False,
             gevent.sleep(delay)
         sender, recipient = routes[n % len(routes)]
         msg_id = str(uuid.uuid4())
-        sent[msg_id] = (time.time(), recipient.user_id)
-        sender.send(msg_id, recipient.user_id, f"load message {n}")
+        sent[msg_id] = (due, recipient.user_id)
+        late.append((time.time() - due) * 1000)
+        if http:
+            gevent.spawn(sender.send_http, pool, msg_id, recipient.user_id, f"load message {n}")
+        else:
+            sender.send(msg_id, recipient.user_id, f"load message {n}")
         if not quiet and time.time() >= next_report:
             next_report += 1
             sampler.tick()
@@ -223,6 +286,9 @@ def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False,
     sampler.stop()
 
     ack_ms = [(acks[m][0] - t) * 1000 for m, (t, _) in sent.items() if m in acks]
+    stored_at = {m: ts for p in peers for m, ts in p.stored_at.items() if ts is not None}
+    to_stored_ms = [stored_at[m] - t * 1000 for m, (t, _) in sent.items() if m in stored_at]
+    stored_to_ack_ms = [acks[m][0] * 1000 - stored_at[m] for m in stored_at if m in acks]
     e2e_ms = [(received[(r, m)] - t) * 1000 for m, (t, r) in sent.items() if (r, m) in received]
     not_delivered = [m for m, (t, r) in sent.items() if m in acks and (r, m) not in received]
     samples = [(t - started, (received[(r, m)] - t) * 1000, (acks[m][0] - t) * 1000 if m in acks else None)
@@ -231,6 +297,8 @@ def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False,
     duplicates = sum(p.duplicates for p in peers)
     for peer in peers:
         peer.close()
+    if pool is not None:
+        pool.close()
 
     # Reconnect and sync: every acked message stored once, in seq order, in its conversation.
     by_conversation: dict[int, set] = {}
@@ -252,6 +320,7 @@ def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False,
             sync_problems += 1
 
     result = {
+        "transport": "http" if http else "ws",
         "pairs": pairs, "target_rate": rate, "duration_s": duration, "sent": len(sent),
         "acked": len(acks), "delivered": len(e2e_ms), "acked_not_delivered": len(not_delivered),
         "errors": len(errors), "error_codes": sorted({e.get("code") for e in errors}),
@@ -260,6 +329,8 @@ def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False,
         "send_rate": round(len(sent) / send_seconds, 1),
         "delivered_rate": round(len(e2e_ms) / max(finished - started, 1e-9), 1),
         "ack_ms": percentiles(ack_ms), "e2e_ms": percentiles(e2e_ms),
+        "stages_ms": {"to_stored": percentiles(to_stored_ms), "stored_to_ack": percentiles(stored_to_ack_ms)},
+        "late_ms": percentiles(late),
         "lost": len(sent) - len(e2e_ms),
         "run_s": round(finished - started, 2),
         "processes_scope": sampler.scope,
@@ -269,11 +340,13 @@ def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False,
         # and conflicts, phantoms and read cursors besides.
         "checker": history_mod.check(history.ops).summary(),
     }
+    if http:
+        result["http_connections"] = {"limit": connections, "opened": pool.opened}
     if history_path is not None:
         history.write(history_path)
         result["history"] = str(history_path)
     if plot is not None:
-        title = (f"chat_load: {pairs} pairs, {rate:g} msg/s for {duration:g} s; sent {len(sent)}, "
+        title = (f"chat_load{' over HTTP' if http else ''}: {pairs} pairs, {rate:g} msg/s for {duration:g} s; sent {len(sent)}, "
                  f"lost {result['lost']}; e2e p50 {result['e2e_ms'].get('p50')} ms, p99 {result['e2e_ms'].get('p99')} ms")
         if write_plot(plot, samples, title):
             result["plot"] = str(plot)
@@ -300,14 +373,19 @@ def main() -> None:
     parser.add_argument("--history", help="write the operation history here (JSON lines; tests/load/history.py)")
     parser.add_argument("--read-every", type=int, default=4,
                         help="mark every Nth received message read (its sender gets a receipt); 0: none")
+    parser.add_argument("--http", action="store_true",
+                        help="send with POST /api/v1/messages instead of WebSocket send frames")
+    parser.add_argument("--connections", type=int, default=256,
+                        help="with --http: keep-alive connections at most (a send waits for a free one)")
     args = parser.parse_args()
     if not (1 <= args.pairs <= 5000 and 0 < args.rate <= 20000 and 0 < args.duration <= 600
-            and 0 <= args.drain <= 600):
-        parser.error("pairs 1-5000, rate up to 20000/s, duration and drain up to 600 s")
+            and 0 <= args.drain <= 600 and 1 <= args.connections <= 5000):
+        parser.error("pairs 1-5000, rate up to 20000/s, duration and drain up to 600 s, connections 1-5000")
     out = Path(args.out)
     plot = out.with_suffix(".png") if args.plot is None else (Path(args.plot) if args.plot else None)
     result = run(args.url, args.pairs, args.rate, args.duration, plot=plot, drain=args.drain,
-                 history_path=Path(args.history) if args.history else None, read_every=args.read_every)
+                 history_path=Path(args.history) if args.history else None, read_every=args.read_every,
+                 http=args.http, connections=args.connections)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k not in ("processes", "timeline")}, indent=2))

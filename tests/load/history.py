@@ -40,8 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Refusals after which a message may still have been stored: the gateway could not hand it to Kafka
-# in time (50008), or a reply timed out (10008). A client resends these with the same msg_id.
-AMBIGUOUS_CODES = frozenset({50008, 10008, 20001, 20002, 20003})
+# in time (50008), or a reply timed out (10008); and None, a request that got no answer at all (an
+# HTTP connection lost mid-request). A client resends these with the same msg_id.
+AMBIGUOUS_CODES = frozenset({50008, 10008, 20001, 20002, 20003, None})
 ANOMALIES = ("lost", "duplicated", "seq_gap", "seq_conflict", "msg_id_conflict", "phantom",
              "delivered_not_acked", "refused_but_stored", "cursor_backwards")
 
@@ -151,12 +152,12 @@ def check(ops: list[dict], ambiguous: frozenset[int] = AMBIGUOUS_CODES) -> Verdi
         if msg_id not in sent:
             found["phantom"].append(msg_id)
         elif refusals.get(msg_id, set()) - ambiguous:
-            found["refused_but_stored"].append({"msg_id": msg_id, "codes": sorted(refusals[msg_id])})
+            found["refused_but_stored"].append({"msg_id": msg_id, "codes": sorted(refusals[msg_id], key=str)})
         elif not refusals.get(msg_id):
             found["delivered_not_acked"].append(msg_id)
     for msg_id in sorted(set(acked) & set(refusals)):
         if refusals[msg_id] - ambiguous:
-            found["refused_but_stored"].append({"msg_id": msg_id, "codes": sorted(refusals[msg_id])})
+            found["refused_but_stored"].append({"msg_id": msg_id, "codes": sorted(refusals[msg_id], key=str)})
     for msg_id in sorted(set(acked) - sent):
         found["phantom"].append(msg_id)
 
