@@ -355,13 +355,14 @@ has_image() {  # (not `ctr | grep -q`: grep's early exit fails the pipeline unde
   grep -qxF "$1" <<<"$names"
 }
 
-# import_image IMAGE: podman's image into containerd's k8s.io namespace when its id changed.
+# import_image IMAGE [NAME]: podman's image into containerd's k8s.io namespace (as NAME too, by
+# default IMAGE) when its id changed.
 import_image() {
-  local image="$1" id stamp
+  local image="$1" name="${2:-$1}" id stamp
   id="$(bash "$HERE/image.sh" podman image inspect --format '{{.Id}}' "$image")"
-  stamp="$C/images/$(tr '/:' '__' <<<"$image").id"
+  stamp="$C/images/$(tr '/:' '__' <<<"$name").id"
   mkdir -p "$C/images"
-  if [[ "$(cat "$stamp" 2>/dev/null)" == "$id" ]] && has_image "$image"; then
+  if [[ "$(cat "$stamp" 2>/dev/null)" == "$id" ]] && has_image "$name"; then
     return 0
   fi
   # Through a file: containerd's import wants to seek in the archive.
@@ -369,9 +370,10 @@ import_image() {
   bash "$HERE/image.sh" podman save -q --format docker-archive -o "$tar" "$image"
   ctr_ images import "$tar" >/dev/null
   rm -f "$tar"
-  has_image "$image" || die "containerd did not get $image"
+  [[ $name == "$image" ]] || ctr_ images tag --force "$image" "$name" >/dev/null
+  has_image "$name" || die "containerd did not get $name"
   echo "$id" >"$stamp"
-  log "cluster: imported $image into containerd"
+  log "cluster: imported $image into containerd${2:+ as $name}"
 }
 
 images() {
@@ -385,20 +387,20 @@ images() {
     rm -rf "$tmp"
   fi
   import_image "$PAUSE_IMAGE"
-  # The project's image, rebuilt when what goes into it changed (a rebuild always makes a new image:
-  # its BUILD_TIME), then imported when its id changed.
-  local t="$EPOCHREALTIME" sum
+  # The project's image, built when what goes into it changed: Podman's store is the machine's, shared
+  # by every clone, so the build is tagged with its tree's digest (a fixed tag would let another
+  # clone's build replace the image this cluster imports), and containerd knows it as $APP_IMAGE.
+  local t="$EPOCHREALTIME" sum built
   sum="$(cd "$REPO" && tar -c --sort=name --mtime=@0 --owner=0 --group=0 --exclude=__pycache__ \
            common functions gateway requirements.txt deploy/Dockerfile | sha256sum | cut -d' ' -f1)"
-  if [[ "$(cat "$C/images/app-tree.sha256" 2>/dev/null)" != "$sum" ]] ||
-      ! bash "$HERE/image.sh" podman image exists "$APP_IMAGE"; then
-    bash "$HERE/image.sh" build "$APP_IMAGE" >"$C/logs/image-build.log" 2>&1 ||
-      { tail -n 30 "$C/logs/image-build.log" >&2; die "building $APP_IMAGE failed (log $C/logs/image-build.log)"; }
-    mkdir -p "$C/images"
-    echo "$sum" >"$C/images/app-tree.sha256"
-    log "cluster: $APP_IMAGE built in $(elapsed "$t")s"
+  built="localhost/pingme-cluster:${sum:0:16}"
+  if ! bash "$HERE/image.sh" podman image exists "$built"; then
+    mkdir -p "$C/logs"
+    bash "$HERE/image.sh" build "$built" >"$C/logs/image-build.log" 2>&1 ||
+      { tail -n 30 "$C/logs/image-build.log" >&2; die "building $built failed (log $C/logs/image-build.log)"; }
+    log "cluster: $built built in $(elapsed "$t")s"
   fi
-  import_image "$APP_IMAGE"
+  import_image "$built" "$APP_IMAGE"
 }
 
 node_ip() {  # the address of the default route's interface (the kubelet refuses loopback)
@@ -408,9 +410,40 @@ node_ip() {  # the address of the default route's interface (the kubelet refuses
   ip -4 -o addr show dev "$dev" scope global | awk '{ split($4, a, "/"); print a[1]; exit }'
 }
 
+# The cgroup holding this node's pods, one per state folder: the kubelet's default (/kubepods) is
+# the machine's, and a second cluster's kubelet (another clone's) would treat the first one's pod
+# cgroups as orphans of its own and remove them.
+cgroup_root() { echo "/pingme-$(printf '%s' "$C" | sha256sum | cut -c1-12)"; }
+cgroup_dirs() {  # the cgroup root's folder in every mounted hierarchy (v1), or the v2 one
+  local root m
+  root="$(cgroup_root)"
+  if [[ -e /sys/fs/cgroup/cgroup.controllers ]]; then echo "/sys/fs/cgroup$root"; return; fi
+  for m in /sys/fs/cgroup/*/; do
+    [[ -e ${m}tasks ]] && echo "${m%/}$root"
+  done
+}
+make_cgroup_root() {  # the kubelet wants it present in every hierarchy
+  local d
+  for d in $(cgroup_dirs); do
+    mkdir -p "$d"
+    # A new cpuset cgroup has no CPUs or memory nodes: its parent's.
+    if [[ -e $d/cpuset.cpus && -z "$(cat "$d/cpuset.cpus")" ]]; then
+      cat "$(dirname "$d")/cpuset.cpus" >"$d/cpuset.cpus"
+      cat "$(dirname "$d")/cpuset.mems" >"$d/cpuset.mems"
+    fi
+  done
+}
+remove_cgroup_root() {  # once no pod is left: the (empty) cgroups, deepest first
+  local d
+  for d in $(cgroup_dirs); do
+    [[ -d $d ]] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
+}
+
 start_kubelet() {
   local k="$C/kubelet"
   mkdir -p "$k/root" "$C/pod-logs"
+  make_cgroup_root
   # Paths the kubelet uses outside its root dir: removed again at stop if this start made them.
   local d
   for d in /var/lib/kubelet /var/log/containers; do
@@ -432,6 +465,7 @@ authorization:
 containerRuntimeEndpoint: unix://$SOCK
 imageServiceEndpoint: unix://$SOCK
 cgroupDriver: cgroupfs
+cgroupRoot: $(cgroup_root)
 failCgroupV1: false
 failSwapOn: false
 makeIPTablesUtilChains: false
@@ -464,8 +498,12 @@ keda_objects() {
   local bases="$CACHE/go/mod/github.com/kedacore/keda/v2@$KEDA_VERSION/config/crd/bases"
   kc apply --server-side --force-conflicts -f "$bases/eventing.keda.sh_cloudeventsources.yaml" \
     -f "$bases/eventing.keda.sh_clustercloudeventsources.yaml" >/dev/null
-  kc wait --for condition=Established --timeout=60s crd/scaledobjects.keda.sh crd/cloudeventsources.eventing.keda.sh \
-    crd/clustercloudeventsources.eventing.keda.sh >/dev/null
+  # Polled, not `kubectl wait`: on a new cluster the CRDs are this instant's, and `kubectl wait` fails
+  # at once ("status.conditions accessor error") on an object that has no conditions yet.
+  local crd
+  for crd in scaledobjects.keda.sh cloudeventsources.eventing.keda.sh clustercloudeventsources.eventing.keda.sh; do
+    wait_until kube-apiserver 60 crd_established "$crd"
+  done
   # The metrics adapter is a plain process on 127.0.0.1: the API server's aggregation layer reaches
   # it through an ExternalName Service (resolved by the API server itself, no kube-proxy needed).
   kc apply --server-side --force-conflicts -f - >/dev/null <<EOF
@@ -501,6 +539,10 @@ spec:
     namespace: keda
     port: $KEDA_ADAPTER_PORT
 EOF
+}
+
+crd_established() {
+  [[ "$(kc get crd "$1" -o 'jsonpath={.status.conditions[?(@.type=="Established")].status}')" == True ]]
 }
 
 keda_env() {
@@ -616,11 +658,14 @@ stop() {
   terminate containerd
   kill_shims
   unmount_leftovers
+  remove_cgroup_root
   terminate kube-scheduler
   terminate kube-controller-manager
   terminate kube-apiserver
   terminate etcd
-  if [[ -s $C/run/made-dirs ]]; then
+  # The machine-wide folders the kubelet wanted, if this start made them and no other cluster's
+  # kubelet (another clone's) uses them now.
+  if [[ -s $C/run/made-dirs ]] && ! pgrep -x kubelet >/dev/null; then
     while read -r name; do rm -rf "$name"; done <"$C/run/made-dirs"
     rm -f "$C/run/made-dirs"
   fi
@@ -650,11 +695,43 @@ kind: Namespace
 metadata:
   name: pingme
 EOF
+  # The servers' addresses as services.sh has them (its PINGME_*_PORT variables), not the overlay's
+  # defaults.
+  local KAFKA_BROKERS REDIS_HOST REDIS_PORT DB_HOST DB_PORT DB_USERNAME DB_PASSWORD DB_NAME
+  eval "$(bash "$HERE/services.sh" env)"
   # The Secret: a JWT secret made once for this cluster, the loopback database's throw-away password.
   [[ -s $C/pki/jwt-secret ]] || openssl rand -hex 32 >"$C/pki/jwt-secret"
   kc -n pingme create secret generic pingme-secrets --from-literal=JWT_SECRET="$(cat "$C/pki/jwt-secret")" \
-    --from-literal=DB_PASSWORD=pingme --dry-run=client -o yaml | kc apply --server-side -f - >/dev/null
-  "$(tool kustomize)" build "$REPO/deploy/k8s/overlays/local" | kc apply --server-side --force-conflicts -f -
+    --from-literal=DB_PASSWORD="$DB_PASSWORD" --dry-run=client -o yaml | kc apply --server-side -f - >/dev/null
+  mkdir -p "$C/apply"
+  cat >"$C/apply/kustomization.yaml" <<EOF
+# Made by deploy/local/cluster.sh apply: the local overlay on the servers services.sh runs (a
+# relative path: kustomize refuses an absolute one).
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - $(realpath --relative-to="$C/apply" "$REPO/deploy/k8s/overlays/local")
+patches:
+  - patch: |-
+      apiVersion: v1
+      kind: ConfigMap
+      metadata:
+        name: pingme-config
+        namespace: pingme
+      data:
+        KAFKA_BROKERS: "$KAFKA_BROKERS"
+        REDIS_HOST: "$REDIS_HOST"
+        REDIS_PORT: "$REDIS_PORT"
+        DB_HOST: "$DB_HOST"
+        DB_PORT: "$DB_PORT"
+        DB_USERNAME: "$DB_USERNAME"
+replacements:
+  - source: {kind: ConfigMap, name: pingme-config, fieldPath: data.KAFKA_BROKERS}
+    targets:
+      - select: {kind: ScaledObject}
+        fieldPaths: [spec.triggers.0.metadata.bootstrapServers]
+EOF
+  "$(tool kustomize)" build "$C/apply" | kc apply --server-side --force-conflicts -f -
   kc -n pingme wait --for=condition=complete --timeout=120s job/pingme-migrate
   kc -n pingme rollout status deployment --timeout=180s
 }

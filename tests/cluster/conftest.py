@@ -198,7 +198,11 @@ def cluster():
     was_running = "node pingme-node: Ready" in cluster_sh("status")
     started = time.monotonic()
     if not was_running:
-        out = cluster_sh("start", timeout=3600)
+        try:
+            out = cluster_sh("start", timeout=3600)
+        except BaseException:  # what a failed start left running goes too
+            subprocess.run(["bash", str(CLUSTER), "stop"], cwd=REPO, capture_output=True, timeout=300)
+            raise
         logger.info("cluster started in %.1f s:\n%s", time.monotonic() - started, out)
     else:  # the image may be older than the tree: start rebuilds and re-imports it (quick when unchanged)
         cluster_sh("start", timeout=1800)
