@@ -50,10 +50,14 @@ def frame(kind: str, payload: dict) -> str:
     return json.dumps({"type": kind, "payload": payload}, separators=(",", ":"), ensure_ascii=False)
 
 
-def error(exc: AppError, ref) -> str:
-    """An ``error`` frame ``{code, message, field?, ref}``: ``ref`` is the offending ``msg_id``, or
-    the frame type; ``field`` names the offending input of a 10002."""
-    return frame("error", {**exc.to_dict(), "ref": ref})
+def error(exc: AppError, ref, conversation_id: int | None = None) -> str:
+    """An ``error`` frame ``{code, message, field?, ref, conversation_id?}``: ``ref`` is the
+    offending ``msg_id``, or the frame type; ``field`` names the offending input of a 10002;
+    ``conversation_id`` the conversation of a refused ``sync``."""
+    payload = {**exc.to_dict(), "ref": ref}
+    if conversation_id is not None:
+        payload["conversation_id"] = conversation_id
+    return frame("error", payload)
 
 
 def auth_fail(exc: AppError) -> str:

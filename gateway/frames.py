@@ -57,14 +57,22 @@ def handle(text, conn, gw) -> list[str]:
     except AppError as exc:
         sends = kind == "send" or kind in chat.EVENTS
         ref = payload.get("msg_id") if sends and isinstance(payload.get("msg_id"), str) else kind
-        return [error_frame(exc, ref)]
+        return [error_frame(exc, ref, _conversation_of(kind, payload))]
     except (pw.OperationalError, pw.InterfaceError) as exc:
         # The server's error number, not its message (which may quote data): 2003/2013 the server
         # is away, 1054 a column the code expects and the schema lacks (a migration not run).
         errno = exc.args[0] if exc.args and isinstance(exc.args[0], int) else ""
         logger.error("%s frame of conn %s not served code=%d: %s %s", kind, conn.conn_id, Code.DATABASE_ERROR,
                      type(exc).__name__, errno)
-        return [error_frame(AppError(Code.DATABASE_ERROR, "database unavailable; try again later"), kind)]
+        return [error_frame(AppError(Code.DATABASE_ERROR, "database unavailable; try again later"), kind,
+                            _conversation_of(kind, payload))]
+
+
+def _conversation_of(kind: str, payload: dict) -> int | None:
+    """The conversation a refused ``sync`` asked for, so that the client knows which one to sync
+    again (a well-formed id only: a 10002 about the id itself names the field instead)."""
+    cid = payload.get("conversation_id") if kind == "sync" else None
+    return cid if type(cid) is int and 1 <= cid <= validate.INT64_MAX else None
 
 
 def _charge(kind: str, conn, gw) -> None:

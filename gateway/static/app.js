@@ -17,6 +17,8 @@ const TYPING_SHOWN_MS = 4000;
 const PAGE = 50;
 // Errors after which a resend cannot succeed: the message is marked failed.
 const FINAL_SEND_ERRORS = new Set([10002, 10004, 10006, 30001, 40002, 40003]);
+// A sync refused for now (10007 over the sync budget, 20001 the database away): sync again later.
+const SYNC_AGAIN_ERRORS = new Set([10007, 20001]);
 
 const state = {
   token: null,
@@ -34,6 +36,8 @@ const state = {
   lastTypingSent: 0,
   sendPausedUntil: 0,
   sendTimer: null,
+  syncTimer: null,
+  syncAgain: new Set(),  // conversation ids whose sync was refused for now
 };
 
 // ---- session ----------------------------------------------------------------------------------
@@ -106,6 +110,9 @@ function logout(message = "") {
   }
   clearTimeout(state.refreshTimer);
   clearTimeout(state.sendTimer);
+  clearTimeout(state.syncTimer);
+  state.syncTimer = null;
+  state.syncAgain.clear();
   state.sendPausedUntil = 0;
   if (state.link) state.link.stop();
   sessionStorage.removeItem(SESSION_KEY);
@@ -198,6 +205,23 @@ function adoptDraft(peerId, conversationId) {
 
 function requestSync(conv) {
   state.link.send("sync", { conversation_id: conv.id, after_seq: conv.maxSeq(), limit: 200 });
+}
+
+// A refused sync names its conversation: that one syncs again, from what it has, after the hint
+// (none named, as for a sync without a conversation: every loaded conversation).
+function syncAgainLater(conversationId, ms) {
+  if (conversationId != null) state.syncAgain.add(conversationId);
+  else for (const conv of state.convs.values()) if (conv.loaded) state.syncAgain.add(conv.id);
+  if (state.syncTimer) return;
+  state.syncTimer = setTimeout(() => {
+    state.syncTimer = null;
+    const ids = [...state.syncAgain];
+    state.syncAgain.clear();
+    for (const id of ids) {
+      const conv = state.convs.get(id);
+      if (state.link && conv && conv.loaded) requestSync(conv);
+    }
+  }, ms);
 }
 
 async function loadPresence(userId) {
@@ -310,6 +334,10 @@ function onError(error) {
   const pending = state.pending.get(error.ref);
   if (pending && error.code === 10007) {  // over the send rate limit: pause, then resend in order
     pauseSending(error.retry_after_ms || 1000);
+    return;
+  }
+  if (error.ref === "sync" && SYNC_AGAIN_ERRORS.has(error.code)) {
+    syncAgainLater(error.conversation_id, error.retry_after_ms || 2000);
     return;
   }
   if (!pending) {

@@ -29,7 +29,7 @@ def test_a_sync_while_the_database_is_down_is_20001_and_the_socket_stays(databas
     gw = SimpleNamespace(limiter=SimpleNamespace(check=lambda *hits: ALLOWED))
     replies = frames.handle(json.dumps({"type": "sync", "payload": {"conversation_id": 3}}), Conn(), gw)
     assert [json.loads(r) for r in replies] == [{"type": "error", "payload": {
-        "code": 20001, "message": "database unavailable; try again later", "ref": "sync"}}]
+        "code": 20001, "message": "database unavailable; try again later", "ref": "sync", "conversation_id": 3}}]
     assert "sync frame of conn c5 not served code=20001: OperationalError" in caplog.text
 
 

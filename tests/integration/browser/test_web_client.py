@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 from playwright.sync_api import expect
 
-from tests.integration.browser.conftest import PASSWORD, ChatPage, unique
+from tests.integration.browser.conftest import PASSWORD, ChatPage, post_message, unique, user_id
 from tests.integration.conftest import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -121,17 +121,6 @@ def _gateway_restart(chat_system, during):
         chat_system["web"] = chat_system["procs"].gateway(APP_PORT=web.base.rsplit(":", 1)[1])
 
 
-def _post_message(api, token: str, body: dict) -> dict:
-    """POST /api/v1/messages, sent again with the same msg_id after a 10008 (the documented
-    answer to a timed-out send; on this busy 2-core machine a reply can take over 5 s)."""
-    for _ in range(5):
-        status, answer = api.call("POST", "/api/v1/messages", body, token=token)
-        if status != 504:
-            break
-    assert status == 200, answer
-    return answer["data"]
-
-
 def test_gateway_restart_under_two_open_pages_loses_and_duplicates_nothing(people, chat_system):
     alice, bob = people(2)
     alice.register(unique("alice"))
@@ -153,8 +142,8 @@ def test_gateway_restart_under_two_open_pages_loses_and_duplicates_nothing(peopl
         # stored now through the other gateway with the same msg_id; the page resends it anyway.
         pending = alice.page.locator("#messages li.msg[data-status=pending]").last
         expect(pending.locator(".msg-text")).to_have_text("five, stored but its ack lost")
-        _post_message(chat_system["api"], alice.token(), {
-            "msg_id": pending.get_attribute("data-msg-id"), "to_user_id": _user_id(chat_system, bob),
+        post_message(chat_system["api"], alice.token(), {
+            "msg_id": pending.get_attribute("data-msg-id"), "to_user_id": user_id(chat_system, bob),
             "content": "five, stored but its ack lost"})
 
     _gateway_restart(chat_system, while_down)
@@ -178,13 +167,6 @@ def test_gateway_restart_under_two_open_pages_loses_and_duplicates_nothing(peopl
     # (from his receipts, or from his own later message: sending moves the sender's read cursor).
     expect(alice.page.locator("#messages li.msg.mine .msg-meta")).to_contain_text(["read"] * 3)
     alice.screenshot("after-restart-alice")
-
-
-def _user_id(chat_system, person: ChatPage) -> int:
-    status, body = chat_system["api"].call("GET", f"/api/v1/users?username={person.username}",
-                                           token=person.token())
-    assert status == 200, body
-    return body["data"]["id"]
 
 
 def _conversation_id(person: ChatPage) -> int:
@@ -217,7 +199,7 @@ def test_a_long_history_scrolls_back_to_the_first_message(people, chat_system):
     to_alice = api.call("GET", f"/api/v1/users?username={alice_name}", token=bob_token)[1]["data"]["id"]
     history = [f"history {i}" for i in range(1, 131)]
     for i, text in enumerate(history):
-        _post_message(api, bob_token, {"msg_id": f"hist-{to_alice}-{i}", "to_user_id": to_alice, "content": text})
+        post_message(api, bob_token, {"msg_id": f"hist-{to_alice}-{i}", "to_user_id": to_alice, "content": text})
 
     (alice,) = people(1)
     alice.login(alice_name)

@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import expect
 
 from common import auth
-from tests.integration.browser.conftest import PASSWORD, unique
+from tests.integration.browser.conftest import PASSWORD, post_message, unique, user_id
 from tests.integration.conftest import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -114,6 +114,40 @@ def test_messages_refused_by_the_send_rate_limit_are_sent_again_when_the_server_
         frank.expect_messages(texts)
         for page in (erin, frank):
             page.assert_clean()
+    finally:
+        for context in contexts:
+            context.close()
+
+
+def test_syncs_refused_by_the_sync_rate_limit_are_asked_again_when_the_server_says(browser, chat_system):
+    """A page that comes back with more open conversations than the sync budget allows at once
+    misses nothing: each sync refused with 10007 is asked again after its retry hint."""
+    from tests.integration.browser.conftest import ChatPage
+
+    env = {"RATE_LIMIT_ENABLED": "true", "RATE_LIMIT_WS_SYNC_USER": "1/3s", "RATE_LIMIT_REGISTER_ADDRESS": "100/1m"}
+    procs, api = chat_system["procs"], chat_system["api"]
+    limited = procs.gateway(**env)
+    contexts = [browser.new_context() for _ in range(3)]
+    try:
+        frank, erin, gina = (ChatPage(context, limited.base) for context in contexts)
+        for page, name in ((frank, "frank"), (erin, "erin"), (gina, "gina")):
+            page.register(unique(name))
+        for peer in (erin, gina):  # two conversations open in frank's page
+            frank.chat_with(peer.username)
+            frank.send(f"hello {peer.username}")
+            frank.expect_stored()
+        to_frank = user_id(chat_system, frank)
+        assert limited.proc.stop() == 0  # frank's page loses its socket; both peers write meanwhile
+        for peer in (erin, gina):
+            post_message(api, peer.token(), {"msg_id": f"away-{peer.username}", "to_user_id": to_frank,
+                                             "content": f"while you were away, {peer.username}"})
+        limited = procs.gateway(APP_PORT=limited.base.rsplit(":", 1)[1], **env)
+        frank.wait_online()  # it syncs both conversations at once: one of the two is refused
+        for peer in (erin, gina):
+            frank.open_conversation(peer.username)
+            frank.expect_messages([f"hello {peer.username}", f"while you were away, {peer.username}"])
+        assert any('"code":10007' in f and '"ref":"sync"' in f for f in frank.frames), "no sync was refused"
+        frank.assert_clean()
     finally:
         for context in contexts:
             context.close()
