@@ -47,3 +47,29 @@ def test_a_token_that_is_not_a_string(token):
     with pytest.raises(AppError) as err:
         auth.decode_token(token, JWT, NOW)
     assert err.value.code == Code.INVALID_TOKEN
+
+
+def test_a_verified_token_is_remembered_but_its_expiry_is_checked_on_every_use():
+    token = auth.issue_token(9, JWT, NOW, version=1, sid="c" * 32)
+    auth._verified.cache_clear()
+    first = auth.decode_token(token, JWT, NOW)
+    first["sub"] = "666"  # a caller's change does not reach the next caller
+    again = auth.decode_token(token, JWT, NOW + 59)
+    assert again["sub"] == "9" and auth._verified.cache_info().hits == 1  # no second HMAC
+    with pytest.raises(AppError) as err:
+        auth.decode_token(token, JWT, NOW + 60)
+    assert err.value.code == Code.TOKEN_EXPIRED
+    # Remembered per secret and issuer: another key's gateway refuses it.
+    with pytest.raises(AppError) as err:
+        auth.decode_token(token, JwtConfig(secret="y" * 40, ttl_seconds=60, issuer="pingme"), NOW)
+    assert err.value.code == Code.INVALID_TOKEN
+
+
+def test_a_refused_token_is_not_remembered():
+    forged = signed()[:-2] + "AA"
+    auth._verified.cache_clear()
+    for _ in range(2):
+        with pytest.raises(AppError) as err:
+            auth.decode_token(forged, JWT, NOW)
+        assert err.value.code == Code.INVALID_TOKEN
+    assert auth._verified.cache_info().currsize == 0
