@@ -19,7 +19,6 @@ import logging
 import re
 import time
 import uuid
-from queue import Empty
 
 from flask import Flask, g, request
 from kafka.errors import KafkaError, KafkaTimeoutError
@@ -98,27 +97,29 @@ class Gateway:
 
     def request(self, function: str, value: dict, key: str) -> dict:
         """Produce ``value`` with a request id and this gateway as reply address; wait for the
-        answer (a dict with ``ok``); raise 50008 or 10008."""
+        answer (a dict with ``ok``); raise 50008 or 10008.
+
+        One wait, for whichever comes first: the function's answer, or Kafka refusing the event
+        (as a WebSocket send is answered: an errback, not a wait for the broker's acknowledgement
+        before the wait for the answer, which cost a second wake-up per request)."""
         timeout_ms = self.cfg.kafka.request_timeout_ms
-        started = time.monotonic()
         request_id = uuid.uuid4().hex
         waiter = self.inbox.expect(request_id)
         try:
-            future = self.produce(function, {**value, "request_id": request_id}, key, reply=True)
+            self.produce(function, {**value, "request_id": request_id}, key, reply=True,
+                         on_error=lambda exc: waiter.put(exc))
             try:
-                future.get(timeout=timeout_ms / 1000)
-            except KafkaError as exc:
-                logger.error("%s request not produced code=%d: %s", function, Code.PRODUCER_ERROR,
-                             type(exc).__name__)
-                raise AppError(Code.PRODUCER_ERROR) from None
-            remaining = timeout_ms / 1000 - (time.monotonic() - started)
-            try:
-                return waiter.get(timeout=max(remaining, 0.001))
-            except Empty:
+                answer = waiter.get(timeout=timeout_ms / 1000)
+            except TimeoutError:
                 metrics.reply_timed_out(function)
                 logger.warning("%s request %s got no reply in %d ms code=%d", function, request_id,
                                timeout_ms, Code.TIMEOUT)
                 raise AppError(Code.TIMEOUT) from None
+            if isinstance(answer, BaseException):
+                logger.error("%s request not produced code=%d: %s", function, Code.PRODUCER_ERROR,
+                             type(answer).__name__)
+                raise AppError(Code.PRODUCER_ERROR)
+            return answer
         finally:
             self.inbox.forget(request_id)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
 
@@ -19,6 +18,28 @@ from common import bus
 logger = logging.getLogger(__name__)
 
 
+class Waiter:
+    """Where the answer to one request arrives: the first :meth:`put` wins, :meth:`get` waits for
+    it. One event per request (a ``queue.Queue`` was a lock and three conditions)."""
+
+    __slots__ = ("_event", "_value")
+
+    def __init__(self):
+        self._event = threading.Event()
+        self._value = None
+
+    def put(self, value) -> None:
+        if not self._event.is_set():
+            self._value = value
+            self._event.set()
+
+    def get(self, timeout: float):
+        """The answer; TimeoutError when none came within ``timeout`` seconds."""
+        if not self._event.wait(timeout):
+            raise TimeoutError
+        return self._value
+
+
 class Inbox:
     def __init__(self, redis_client: redis.Redis, channel: str, on_message=None, on_lost=None):
         self.redis = redis_client
@@ -27,7 +48,7 @@ class Inbox:
         # Called when the subscription drops: whatever was published to the channel until it is
         # back is lost, so the gateway tells its clients to reconnect and resend.
         self.on_lost = on_lost
-        self._waiters: dict[str, queue.Queue] = {}
+        self._waiters: dict[str, Waiter] = {}
         self._subscribed = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="inbox", daemon=True)
@@ -44,8 +65,8 @@ class Inbox:
     def connected(self) -> bool:
         return self._subscribed.is_set()
 
-    def expect(self, request_id: str) -> queue.Queue:
-        waiter: queue.Queue = queue.Queue(maxsize=1)
+    def expect(self, request_id: str) -> Waiter:
+        waiter = Waiter()
         self._waiters[request_id] = waiter
         return waiter
 
@@ -57,7 +78,7 @@ class Inbox:
         if request_id is not None:
             waiter = self._waiters.pop(request_id, None)
             if waiter is not None:
-                waiter.put_nowait(message)
+                waiter.put(message)
             return  # no waiter: the request already timed out
         if self.on_message is not None:
             self.on_message(message)
