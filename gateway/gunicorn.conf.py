@@ -12,6 +12,8 @@ import resource
 import signal
 import sys
 
+from gunicorn import glogging as _glogging
+
 from common import config as _config, logs as _logs
 
 try:
@@ -49,6 +51,27 @@ logconfig_dict = _logs.config("gateway")
 # Path without the query string: a WebSocket token may travel as ?token= and must not be logged.
 # The request's correlation id (common/logs.py) from the response header the app sets.
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms cid=%({x-request-id}o)s'
+
+
+class AccessLogger(_glogging.Logger):
+    """gunicorn's logger, with the access line's atoms built for what the format can name: the
+    request's headers (``%({name}i)s``) and the WSGI environ (``%({name}e)s``) only when it names
+    one. gunicorn builds, copies and escapes an atom for every header and environ variable of every
+    request (~50), which was a twentieth of the gateway's CPU per HTTP send; the format above names
+    a response header only, so its line is the same."""
+
+    _BASE = ("REMOTE_ADDR", "REQUEST_METHOD", "RAW_URI", "PATH_INFO", "QUERY_STRING", "SERVER_PROTOCOL",
+             "HTTP_REFERER", "HTTP_USER_AGENT", "HTTP_AUTHORIZATION")
+
+    def atoms(self, resp, req, environ, request_time):
+        fmt = self.cfg.access_log_format
+        if "}i" in fmt or "}e" in fmt:
+            return super().atoms(resp, req, environ, request_time)
+        base = {name: environ[name] for name in self._BASE if name in environ}
+        return super().atoms(resp, (), base, request_time)
+
+
+logger_class = AccessLogger
 
 
 def _gateway(worker):
