@@ -737,6 +737,8 @@ def run(args) -> dict:
             "received": len(load.received), "received_by_sync": by_sync,
             "acked_not_received": len(not_received), "conversations_unread": unread,
             "e2e_ms": percentiles(e2e), "closes": {str(k): v for k, v in load.closes.items()},
+            "error_frames": {str(code): n for code, n in collections.Counter(
+                op["code"] for op in load.history.ops if op["op"] == "error").items()},
             "connect_failures": {str(k): v for k, v in load.refusals.items()},
             "reconnects": sum(d.connects - 1 for d in devices), "logins_again": sum(d.logins for d in devices),
             "faults": faults.records, "dead_letters": dead_letters(env),
