@@ -19,9 +19,10 @@ the user logs in again). Two tabs that refresh with the same token at the same m
 reuse too: a client refreshes from one place (the web client does so before its token expires).
 
 One authentication costs one Redis round trip (:func:`check`: MGET of both keys). If Redis loses
-its data, versions read as 0 and sessions are gone: refresh tokens stop working (everyone logs in
-again) and an access token revoked before the loss works again until it expires, at most
-``jwt.ttl_seconds`` — which is why access tokens are short-lived.
+its data, every session is gone: every access token names a session whose key is missing, so every
+token is refused (30005) and everyone logs in again — the loss fails closed, never reviving a
+session that was logged out. Hence Redis runs with persistence in production (deploy/compose.yml;
+docs/OPERATIONS.md), and tests/integration/test_outages.py shows what a loss looks like.
 """
 from __future__ import annotations
 
