@@ -3,6 +3,8 @@ min.insync.replicas 2, producers with acks=all), a private one for this module, 
 
 * The leader of a busy partition is killed with SIGKILL under load: the history checker
   (tests/load/history.py) finds every acknowledged message read back exactly once, seqs 1..n.
+* The active controller (the metadata quorum's leader) is killed the same way: the same verdict.
+  The nodes are combined broker+controllers, so it takes the partitions it led with it.
 * Two of the three nodes are killed (below the minimum in-sync replicas, and the controller quorum
   lost): sends are refused with 50008 (never acknowledged), and succeed, once each, when they
   come back.
@@ -10,11 +12,14 @@ min.insync.replicas 2, producers with acks=all), a private one for this module, 
 Each prints its write-unavailability window. Marked slow: about 3-5 minutes with the cluster's
 start (three more JVMs on the box), so they run only with ``PINGME_CLUSTER_TESTS=1``. Results so
 far (2-core box at load 9-14): the leader kill passed 4 of 5 runs (e2e p99 after the kill 5.2-12.6
-s, all 2,000 messages acked and pushed once, checker clean); in the other every final sync and then
-every store waited 30 s for the database and failed (20001) after the kill: not understood yet,
-not seen again (issue 15). Below the minimum ISR the sends were refused with 50008 after 30 s (the
-producer's delivery timeout) and stored once when resent (2 of 3 runs; the third inherited that
-database stall).
+s, all 2,000 messages acked and pushed once, checker clean). In the other, every final sync was
+answered 20001 at once and the load tool waited 30 s for each (it ignored the error frame; it now
+fails at once), and the next test's stores failed: the gateway had been started from a working
+tree in which another engineer had just added a column (conversation_member.wrote) that the
+session's database, migrated at its start, lacked — the functions started after it logged 1054
+"Unknown column 'wrote'". Not a database stall, and not the cluster's doing. Below the minimum ISR
+the sends were refused with 50008 after 30 s (the producer's delivery timeout) and stored once
+when resent (2 of 3 runs; the third inherited that schema mismatch).
 """
 from __future__ import annotations
 
@@ -63,10 +68,32 @@ def _leader(cfg, topic: str, partition: int) -> int:
     return next(p["leader_id"] for p in described["partitions"] if p["partition_index"] == partition)
 
 
-def test_killing_the_leader_of_a_busy_partition_loses_nothing(cluster, base_env, start_function, start_gateway,
-                                                              tmp_path):
+def _controller(cfg) -> int:
+    """The active KRaft controller: the leader of the metadata quorum."""
+    admin = KafkaAdminClient(bootstrap_servers=list(cfg.kafka.brokers))
+    try:
+        quorum = admin.describe_metadata_quorum()
+    finally:
+        admin.close()
+    return quorum["topics"][0]["partitions"][0]["leader_id"]
+
+
+def _led_by(cfg, node: int) -> list[str]:
+    """The app's topic partitions whose leader is ``node``."""
+    admin = KafkaAdminClient(bootstrap_servers=list(cfg.kafka.brokers))
+    try:
+        described = admin.describe_topics([cfg.topic(f) for f in ("send", "deliver")])
+    finally:
+        admin.close()
+    return [f"{t['name']}-{p['partition_index']}" for t in described for p in t["partitions"]
+            if p["leader_id"] == node]
+
+
+def _kill_under_load(cluster, base_env, start_function, start_gateway, tmp_path, choose, what: str) -> dict:
+    """Run 100 msg/s, kill the node ``choose(cfg)`` names once 300 messages were delivered, let the
+    load finish; the load tool's result (with the checker's verdict), its assertions made."""
     scen_cfg, env, gw = _system(cluster, base_env, start_function, start_gateway)
-    out = tmp_path / "leader.json"
+    out = tmp_path / "kill.json"
     load = _load(base_env, env, gw, out, rate=100, duration=20, drain=90)
     head = []
     for line in load.stdout:  # the load tool's progress lines: "t=  3.0s sent=300 acked=.. delivered=.."
@@ -76,8 +103,9 @@ def test_killing_the_leader_of_a_busy_partition_loses_nothing(cluster, base_env,
             break
     else:
         pytest.fail("the load ended before 300 messages were delivered:\n" + "".join(head)[-3000:])
-    victim = _leader(scen_cfg, scen_cfg.topic("send"), 0)
-    assert victim != -1
+    victim = choose(scen_cfg)
+    assert victim in (1, 2, 3), victim
+    led = _led_by(scen_cfg, victim)
     cluster.kill(victim)
     killed_t = float(match.group(1))  # seconds into the load's sending
     try:
@@ -86,7 +114,7 @@ def test_killing_the_leader_of_a_busy_partition_loses_nothing(cluster, base_env,
         cluster.run("start")  # the killed node comes back for the next test
     result = json.loads(out.read_text())
     window = max((row["e2e_p99"] or 0) for row in result["timeline"] if row["t"] >= int(killed_t))
-    print(f"leader (node {victim}) of {scen_cfg.topic('send')}-0 killed: {result['sent']} sent, "
+    print(f"{what} (node {victim}, leader of {led}) killed: {result['sent']} sent, "
           f"{result['acked']} acked, errors {result['error_codes']}; e2e p99 after the kill up to "
           f"{window / 1000:.1f} s; checker {result['checker']}")
     assert result["sent"] > 1000
@@ -94,6 +122,20 @@ def test_killing_the_leader_of_a_busy_partition_loses_nothing(cluster, base_env,
     assert result["acked"] + result["errors"] == result["sent"]
     assert result["acked_not_delivered"] == 0 and result["sync_problems"] == 0, output[-3000:]
     assert result["checker"]["ok"], result["checker"]
+    return result
+
+
+def test_killing_the_leader_of_a_busy_partition_loses_nothing(cluster, base_env, start_function, start_gateway,
+                                                              tmp_path):
+    _kill_under_load(cluster, base_env, start_function, start_gateway, tmp_path,
+                     lambda cfg: _leader(cfg, cfg.topic("send"), 0), "the leader of send-0")
+
+
+def test_losing_the_active_controller_loses_nothing(cluster, base_env, start_function, start_gateway, tmp_path):
+    # The nodes are combined broker+controllers: the active controller's node is a broker too, so
+    # its partitions move as well (the print says which it led); the quorum elects a new controller.
+    _kill_under_load(cluster, base_env, start_function, start_gateway, tmp_path, _controller,
+                     "the active controller")
 
 
 def test_below_min_insync_replicas_sends_are_refused_then_succeed(cluster, cfg, base_env, start_function,
