@@ -233,6 +233,18 @@ start_kafka() {
       -e "s|@KAFKA_DATA_DIR@|$data|g" \
       "$HERE/kafka/server.properties" >"$props"
   check_port_free kafka "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"
+  # Tests only (tests/load/soak.py, fault kafka-net): PINGME_KAFKA_PROXIED_PORT adds a listener
+  # that advertises PINGME_KAFKA_PROXY_PORT, where the test's TCP proxy forwards to it, so a client
+  # that bootstraps through the proxy reaches the broker only through it (a later key wins).
+  if [[ -n "${PINGME_KAFKA_PROXIED_PORT:-}" ]]; then
+    check_port_free kafka "$PINGME_KAFKA_PROXIED_PORT"
+    cat >>"$props" <<PROPS
+
+listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT,PROXIED://$HOST:$PINGME_KAFKA_PROXIED_PORT
+advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT,PROXIED://$HOST:${PINGME_KAFKA_PROXY_PORT:?the proxy port}
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PROXIED:PLAINTEXT
+PROPS
+  fi
   rotate_log kafka
   t0="$(now)"
   local java

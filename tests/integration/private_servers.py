@@ -19,6 +19,7 @@ from pathlib import Path
 from tests.integration.conftest import SERVICES, free_port
 
 PIDFILES = {"redis": "redis/redis.pid", "mariadb": "mariadb/mariadb.pid", "kafka": "kafka/kafka.pid"}
+PORTS = ("redis", "mariadb", "kafka", "kafka_controller", "kafka_proxied", "kafka_proxy")
 
 
 def alive(pid: int) -> bool:
@@ -36,10 +37,9 @@ class PrivateServers:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         ports_file = self.state_dir / "ports.json"
-        if ports_file.exists():
-            self.ports = json.loads(ports_file.read_text())
-        else:
-            self.ports = {name: free_port() for name in ("redis", "mariadb", "kafka", "kafka_controller")}
+        self.ports = json.loads(ports_file.read_text()) if ports_file.exists() else {}
+        if set(PORTS) - set(self.ports):
+            self.ports.update({name: free_port() for name in PORTS if name not in self.ports})
             ports_file.write_text(json.dumps(self.ports))
         self.names = list(names)
         clean = {k: v for k, v in os.environ.items() if not k.startswith("PINGME_") and k != "KAFKA_NODES"}
@@ -47,7 +47,11 @@ class PrivateServers:
         self.env = {**clean, "PINGME_STATE_DIR": str(self.state_dir), "KAFKA_NODES": "1",
                     "PINGME_REDIS_PORT": str(self.ports["redis"]), "PINGME_MYSQL_PORT": str(self.ports["mariadb"]),
                     "PINGME_KAFKA_PORT": str(self.ports["kafka"]),
-                    "PINGME_KAFKA_CONTROLLER_PORT": str(self.ports["kafka_controller"])}
+                    "PINGME_KAFKA_CONTROLLER_PORT": str(self.ports["kafka_controller"]),
+                    # A second listener of the broker, advertised as the proxy's port (services.sh;
+                    # tests/load/soak.py's kafka-net fault runs the proxy).
+                    "PINGME_KAFKA_PROXIED_PORT": str(self.ports["kafka_proxied"]),
+                    "PINGME_KAFKA_PROXY_PORT": str(self.ports["kafka_proxy"])}
 
     def run(self, action: str, *names: str) -> str:
         """services.sh ACTION on ``names`` (default: all of this dir's)."""

@@ -2,7 +2,8 @@
 ``--every`` seconds, and the operation-history checker (tests/load/history.py) as the judge.
 
     python -m tests.load.soak --state-dir DIR [--kafka shared|private] [--duration 3600]
-        [--every 180] [--first-fault S] [--faults worker,redis,gateway,mariadb,kafka] [--outage 3]
+        [--every 180] [--first-fault S] [--faults worker,redis,gateway,mariadb,kafka,kafka-net]
+        [--outage 3] [--cut 15]
         [--rate 20] [--pairs 8] [--drain 120] [--sample-every 30] [--keep-servers]
         [--out results/soak.json] [--history PATH]
 
@@ -27,7 +28,10 @@ restored: ``worker`` SIGKILL of the send or deliver worker (in turn), restarted 
 ``redis`` and ``mariadb`` SIGKILL of the server, started again ``--outage`` seconds later;
 ``gateway`` SIGKILL of one gateway (its master and worker; in turn), its clients move to the
 other, started again ``--outage`` seconds later on its port; ``kafka`` (``--kafka private``
-only) SIGKILL of the broker, started again ``--outage`` seconds later.
+only) SIGKILL of the broker, started again ``--outage`` seconds later; ``kafka-net`` (``--kafka
+private`` only) the network between the send worker and Kafka cut for ``--cut`` seconds (the
+worker reaches the broker through a TCP proxy of this tool, on a listener services.sh adds for
+it; the proxy closes every connection and refuses new ones, then listens again).
 
 At the end the load stops, devices catch up (up to ``--drain`` seconds: every message acked and in
 its recipient's hands by push or sync), and a fresh connection reads every conversation whole. The
@@ -71,7 +75,7 @@ from tests.load.stats import percentiles  # noqa: E402
 from tests.load.users import post_retrying  # noqa: E402
 
 FUNCTIONS = ("register", "login", "send", "deliver", "retry", "dlq")
-FAULTS = ("worker", "redis", "gateway", "mariadb", "kafka")
+FAULTS = ("worker", "redis", "gateway", "mariadb", "kafka", "kafka-net")
 # Refusals a client answers by sending again (the message may or may not be stored; same msg_id).
 RESEND_CODES = history_mod.AMBIGUOUS_CODES | {10007}
 AUTH_CLOSES = (4001, 4003)  # the token was refused or revoked: log in again
@@ -133,8 +137,9 @@ def _healthy(url: str) -> bool:
 class System:
     """The functions (one static member each) and two gateways of the run."""
 
-    def __init__(self, env: dict[str, str], gateways: int = 2):
+    def __init__(self, env: dict[str, str], gateways: int = 2, function_env: dict | None = None):
         self.env = env
+        self.function_env = function_env or {}  # name -> settings of that function only
         self.functions: dict[str, Proc] = {}
         self.gateways: list[Proc | None] = [None] * gateways
         self.gateway_ids: list[str] = [""] * gateways
@@ -148,7 +153,7 @@ class System:
 
     def start_function(self, name: str, ready: bool = True) -> Proc:
         self.incarnations[name] += 1
-        env = {**self.env, "KAFKA_GROUP_INSTANCE_ID": f"soak-{name}"}
+        env = {**self.env, "KAFKA_GROUP_INSTANCE_ID": f"soak-{name}", **self.function_env.get(name, {})}
         proc = Proc([sys.executable, "-m", "functions", name], env, f"soak-{name}")
         self.functions[name] = proc
         if ready:
@@ -444,11 +449,71 @@ class Device:
 
 # ------------------------------------------------------------------------------------ faults ---
 
+class Proxy:
+    """A TCP proxy from ``port`` to ``target`` on loopback. :meth:`cut` closes every connection
+    through it and stops listening (the network between a worker and Kafka gone: reconnects are
+    refused); :meth:`restore` listens again."""
+
+    def __init__(self, port: int, target: int):
+        self.port, self.target = port, target
+        self.server = None
+        self.links: set = set()
+
+    def start(self) -> None:
+        from gevent.server import StreamServer
+        self.server = StreamServer(("127.0.0.1", self.port), self._link)
+        self.server.start()
+
+    def _link(self, client, _address) -> None:
+        import gevent.socket
+        try:
+            upstream = gevent.socket.create_connection(("127.0.0.1", self.target), timeout=5)
+        except OSError:
+            client.close()
+            return
+        link = (client, upstream)
+        self.links.add(link)
+        pipes = [gevent.spawn(self._pipe, client, upstream), gevent.spawn(self._pipe, upstream, client)]
+        gevent.joinall(pipes, count=1)
+        self._close(link)
+        gevent.killall(pipes)
+
+    @staticmethod
+    def _pipe(source, sink) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    return
+                sink.sendall(data)
+        except OSError:
+            return
+
+    def _close(self, link) -> None:
+        self.links.discard(link)
+        for sock in link:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        self.server.close()
+        for link in list(self.links):
+            self._close(link)
+
+    def restore(self) -> None:
+        self.start()
+
+
+
 class Faults:
     """Each fault kills something and restores it; ``records`` says when and for how long."""
 
-    def __init__(self, servers: PrivateServers, system: System, load: Load, outage: float, cfg, users: list[int]):
+    def __init__(self, servers: PrivateServers, system: System, load: Load, outage: float, cfg, users: list[int],
+                 proxy=None, cut: float = 15):
         self.servers, self.system, self.load, self.outage = servers, system, load, outage
+        self.proxy, self.cut = proxy, cut
         self.cfg, self.users = cfg, users
         self.records: list[dict] = []
         self.turns = collections.Counter()
@@ -470,6 +535,11 @@ class Faults:
             record.update(self._dead_presence(dead))
             gevent.sleep(self.outage)
             self.system.start_gateway(i)
+        elif kind == "kafka-net":  # the send worker's connections to Kafka cut, new ones refused
+            record["target"] = "send"
+            self.proxy.cut()
+            gevent.sleep(self.cut)
+            self.proxy.restore()
         else:  # a server
             record["target"] = kind
             self.servers.kill(kind)
@@ -634,8 +704,8 @@ def run(args) -> dict:
     servers = PrivateServers(Path(args.state_dir).resolve(),
                              ("redis", "mariadb", "kafka") if args.kafka == "private" else ("redis", "mariadb"))
     faults_wanted = [f for f in args.faults.split(",") if f]
-    if "kafka" in faults_wanted and args.kafka != "private":
-        raise SystemExit("the kafka fault needs --kafka private (the shared broker is never faulted)")
+    if {"kafka", "kafka-net"} & set(faults_wanted) and args.kafka != "private":
+        raise SystemExit("the kafka and kafka-net faults need --kafka private (the shared broker is never faulted)")
     t0 = time.time()
     log(f"servers in {servers.state_dir}: {servers.run('start').strip()}")
     namespace = f"s{uuid.uuid4().hex[:8]}"
@@ -650,7 +720,12 @@ def run(args) -> dict:
     from common import bus, config as config_mod
     cfg = config_mod.load(env)
     bus.ensure_topics(cfg)
-    system = System(env)
+    proxy, function_env = None, {}
+    if args.kafka == "private":  # the send worker reaches Kafka through a proxy (the kafka-net fault)
+        proxy = Proxy(servers.ports["kafka_proxy"], servers.ports["kafka_proxied"])
+        proxy.start()
+        function_env["send"] = {"KAFKA_BROKERS": f"127.0.0.1:{servers.ports['kafka_proxy']}"}
+    system = System(env, function_env=function_env)
     sampler = ProcessSampler(servers, system)
     devices: list[Device] = []
     try:
@@ -673,7 +748,7 @@ def run(args) -> dict:
         wait_until(lambda: all(d.seqs for d in devices), 60, "every device to know its conversation")
 
         started = time.time()
-        faults = Faults(servers, system, load, args.outage, cfg, list(usernames))
+        faults = Faults(servers, system, load, args.outage, cfg, list(usernames), proxy, args.cut)
         faults.started = started
         sampler.sample(0)
         first = args.every if args.first_fault is None else args.first_fault
@@ -768,6 +843,8 @@ def main() -> None:
     parser.add_argument("--faults", default="worker,redis,gateway,mariadb",
                         help=f"comma-separated, in turn: {', '.join(FAULTS)} ('' for none)")
     parser.add_argument("--outage", type=float, default=3, help="seconds a killed server or gateway stays down")
+    parser.add_argument("--cut", type=float, default=15,
+                        help="seconds the kafka-net fault keeps the send worker away from Kafka")
     parser.add_argument("--window", type=float, default=10, help="seconds after a fault whose messages it is judged by")
     parser.add_argument("--rate", type=float, default=20)
     parser.add_argument("--pairs", type=int, default=8)
