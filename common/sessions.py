@@ -18,7 +18,8 @@ someone else's hands): the whole session is revoked, for the thief and the user 
 the user logs in again). Two tabs that refresh with the same token at the same moment look like
 reuse too: a client refreshes from one place (the web client does so before its token expires).
 
-One authentication costs one Redis round trip (:func:`check`: MGET of both keys). If Redis loses
+One authentication costs one Redis round trip (:func:`check`: MGET of both keys); the send
+function checks the tokens of a whole batch of HTTP sends with one (:func:`revoked_among`). If Redis loses
 its data, every session is gone: every access token names a session whose key is missing, so every
 token is refused (30005) and everyone logs in again — the loss fails closed, never reviving a
 session that was logged out. Hence Redis runs with persistence in production (deploy/compose.yml;
@@ -124,13 +125,31 @@ def end_all(r, cfg: Config, user_id: int) -> int:
 
 def check(r, cfg: Config, claims: dict) -> None:
     """Refuse (30005) an access token whose version was revoked or whose session has ended."""
-    user_id, sid = int(claims["sub"]), claims.get("sid")
-    keys = [_version_key(cfg, user_id)] + ([_session_key(cfg, sid)] if sid else [])
-    values = r.mget(keys)
-    if int(claims.get("ver", 0)) < int(values[0] or 0):
-        raise AppError(Code.INVALID_TOKEN, "the token was revoked")
-    if sid and values[1] is None:
-        raise AppError(Code.INVALID_TOKEN, "the session has ended")
+    refusal = revoked_among(r, cfg, [claims])[0]
+    if refusal is not None:
+        raise refusal
+
+
+def revoked_among(r, cfg: Config, claims_list: list[dict]) -> list[AppError | None]:
+    """For each token's claims, its refusal (30005) when its version was revoked or its session
+    has ended, else None: every token checked with one MGET."""
+    keys: list[str] = []
+    for claims in claims_list:
+        keys.append(_version_key(cfg, int(claims["sub"])))
+        if claims.get("sid"):
+            keys.append(_session_key(cfg, claims["sid"]))
+    values = iter(r.mget(keys)) if keys else iter(())
+    refusals: list[AppError | None] = []
+    for claims in claims_list:
+        version = next(values)
+        session = next(values) if claims.get("sid") else ""
+        if int(claims.get("ver", 0)) < int(version or 0):
+            refusals.append(AppError(Code.INVALID_TOKEN, "the token was revoked"))
+        elif session is None:
+            refusals.append(AppError(Code.INVALID_TOKEN, "the session has ended"))
+        else:
+            refusals.append(None)
+    return refusals
 
 
 def revoked(r, cfg: Config, claims: dict) -> bool:

@@ -9,7 +9,8 @@ Hostile input (docs/SECURITY.md): a body is read within :data:`BODY_TIMEOUT_S` (
 most 64 KiB (413/10011), and decoded by common/validate.py (10002 naming the field); requests are
 rate-limited (common/ratelimit.py) by client address before authentication and by user after it
 (429/10007 with ``Retry-After``); a token is checked against its session and version
-(common/sessions.py) on every request.
+(common/sessions.py) on every request: here, or for a send by the send function, with the other
+sends of its batch (one Redis read for them all instead of one per request).
 """
 from __future__ import annotations
 
@@ -129,13 +130,20 @@ def _bearer() -> str:
     return token.strip()
 
 
-def require_user(view):
+def require_user(view=None, *, session_checked_later: bool = False):
     """Resolve ``Authorization: Bearer <token>`` to ``g.user_id`` (and its claims, ``g.claims``)
-    or answer 401 (30004/30005: expired, forged, or revoked), then charge the user's API limit."""
+    or answer 401 (30004/30005: expired, forged, or revoked), then charge the user's API limit.
+
+    With ``session_checked_later`` the token's signature and expiry are checked here, and whether
+    it was revoked is left to the function the request goes to (``send``, which checks a batch of
+    requests' sessions with one Redis read): the view must hand ``g.claims``' session on."""
+    if view is None:
+        return functools.partial(require_user, session_checked_later=session_checked_later)
+
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
         gw = current_gateway()
-        g.claims = accounts.authenticate_claims(_bearer(), gw.cfg, gw.redis)
+        g.claims = accounts.authenticate_claims(_bearer(), gw.cfg, None if session_checked_later else gw.redis)
         g.user_id = int(g.claims["sub"])
         limit(("api_user", g.user_id))
         return view(*args, **kwargs)
@@ -340,13 +348,15 @@ def put_profile():
 
 
 @bp.post("/api/v1/messages")
-@require_user
+@require_user(session_checked_later=True)
 def send_message():
-    """Send over HTTP: the same event, idempotency, ack and rate limit as the WebSocket ``send``."""
+    """Send over HTTP: the same event, idempotency, ack and rate limit as the WebSocket ``send``.
+    The send function refuses it (30005) if the token was revoked (``session``)."""
     fields = chat.validate_send(json_body())
     limit(("ws_send_user", g.user_id))
     key = chat.route_key(g.user_id, fields["to_user_id"], fields["group_id"])
-    reply = current_gateway().request("send", {**fields, "sender_id": g.user_id}, key)
+    session = {"sid": g.claims.get("sid"), "ver": g.claims.get("ver", 0)}
+    reply = current_gateway().request("send", {**fields, "sender_id": g.user_id, "session": session}, key)
     return envelope(rpc.result(reply))
 
 

@@ -12,7 +12,7 @@ import peewee as pw
 import pytest
 import simple_websocket
 
-from common import auth
+from common import auth, sessions
 from common.models import Message, User, db
 
 from tests import wsclient
@@ -260,6 +260,26 @@ def test_send_over_http_is_idempotent(cfg, gw1, gw2, clients):
     assert len(stored(body["msg_id"])) == 1
     assert gw1.call("POST", "/api/v1/messages", {"msg_id": mid(), "to_user_id": 10**9, "content": "?"},
                     token=alice.token)[1]["code"] == 30001
+
+
+def test_an_http_send_with_a_revoked_token_is_refused_by_the_send_function_and_not_stored(cfg, gw1, redis_client):
+    """The gateway checks an HTTP send's token signature and expiry; whether it was revoked, the
+    send function checks, for its whole batch at once (common/sessions.py revoked_among)."""
+    alice, bob = make_users(cfg, 2)
+    phone, laptop = sessions.start(redis_client, cfg, alice.id), sessions.start(redis_client, cfg, alice.id)
+    sessions.end(redis_client, cfg, auth.decode_token(phone["token"], cfg.jwt))  # the phone logged out
+    refused_id, sent_id = mid(), mid()
+    status, body = gw1.call("POST", "/api/v1/messages", {"msg_id": refused_id, "to_user_id": bob.id, "content": "x"},
+                            token=phone["token"])
+    assert (status, body["code"]) == (401, 30005) and body["message"] == "the session has ended"
+    status, body = gw1.call("POST", "/api/v1/messages", {"msg_id": sent_id, "to_user_id": bob.id, "content": "y"},
+                            token=laptop["token"])
+    assert status == 200 and body["data"]["seq"] == 1, body
+    assert stored(refused_id) == [] and len(stored(sent_id)) == 1
+    sessions.end_all(redis_client, cfg, alice.id)  # logout everywhere: the laptop's token too
+    status, body = gw1.call("POST", "/api/v1/messages", {"msg_id": mid(), "to_user_id": bob.id, "content": "z"},
+                            token=laptop["token"])
+    assert (status, body["code"]) == (401, 30005) and body["message"] == "the token was revoked"
 
 
 def test_typing_and_presence(cfg, gw1, gw2, clients):

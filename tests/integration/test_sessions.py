@@ -133,3 +133,25 @@ def test_a_password_change_for_an_unknown_user_is_30001(cfg, r):
     with db.connection_context():
         err = refused(accounts.change_password, 10 ** 15, {"password": "x" * 8, "new_password": "y" * 8}, cfg, r)
     assert err.code == Code.USER_NOT_FOUND
+
+
+def test_the_tokens_of_a_batch_are_checked_with_one_read(cfg, r, user):
+    """revoked_among (the send function's check of a batch of HTTP sends): each token's refusal or
+    None, from one MGET; the same verdicts as check() one by one."""
+    live, ended, bare = login(cfg, r, user), login(cfg, r, user), auth.issue_token(user["id"], cfg.jwt)
+    claims = [auth.decode_token(t, cfg.jwt) for t in (live["token"], ended["token"], bare)]
+    sessions.end(r, cfg, claims[1])
+    calls = []
+
+    class Counting:
+        def mget(self, keys):
+            calls.append(keys)
+            return r.mget(keys)
+    verdicts = sessions.revoked_among(Counting(), cfg, claims)
+    assert [v and v.message for v in verdicts] == [None, "the session has ended", None]
+    assert len(calls) == 1 and len(calls[0]) == 5  # version + session, version + session, version
+    sessions.end_all(r, cfg, user["id"])
+    verdicts = sessions.revoked_among(r, cfg, claims)
+    assert [v.message for v in verdicts] == ["the token was revoked"] * 3
+    assert all(v.code == Code.INVALID_TOKEN for v in verdicts)
+    assert sessions.revoked_among(r, cfg, []) == []
