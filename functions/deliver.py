@@ -13,23 +13,22 @@ broadcast to gateways without recipients. Push is a hint: clients that miss it c
 With ``notify.webhook_url`` set, a message with recipients who have no live connection (its sender
 aside) also goes to ``<ns>.notify`` for them (functions/notify.py), key = conversation id.
 A poll's events share one membership query (none for private messages: the message names both
-members) and one presence lookup (``handle_batch``).
+members), one cursor move for all its acks and one presence lookup (``handle_batch``).
 Idempotency: a redelivered event pushes the same frame again (clients dedupe by msg_id / seq);
 cursors only move forward. Errors: an unknown kind or shape is invalid (50002, DLQ); Redis or
 database outages are retried.
 """
 from common import bus, chat, presence, protocol
-from common.errors import AppError, Code
+from common.errors import Code
 from functions.api import Emit, Invalid, Publish, Spec
 
 SPEC = Spec(max_records=500)
 
 
 def _fields(e: dict, *names):
-    values = [e.get(name) for name in names]
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+    if not _are_ints(e, *names):
         raise Invalid(Code.UNMARSHAL_FAILED, f"deliver event needs integer {', '.join(names)}")
-    return values
+    return [e[name] for name in names]
 
 
 def _private_pair(message: dict) -> list[int] | None:
@@ -40,18 +39,18 @@ def _private_pair(message: dict) -> list[int] | None:
 
 def _members(message: dict, conversation_id: int, members: dict[int, list[int]] | None) -> list[int]:
     pair = _private_pair(message)
-    if pair is not None:
-        return pair
-    known = (members or {}).get(conversation_id)
-    return chat.member_ids(conversation_id) if known is None else known
+    return pair if pair is not None else _members_of(conversation_id, members)
 
 
 Plan = tuple[list[int], tuple[str, dict] | None, str | None]  # recipients, (frame type, payload), conn to skip
 
 
-def apply(e: dict, members: dict[int, list[int]] | None = None) -> Plan:
+def apply(e: dict, members: dict[int, list[int]] | None = None,
+          cursors: dict[tuple[int, int], tuple] | None = None) -> Plan:
     """Apply one deliver event — its only write is an ack's cursor move — and say who gets which
-    frame (and which connection to skip). ``members``: conversation members already read, if any."""
+    frame (and which connection to skip). ``members``: conversation members already read, if any;
+    ``cursors``: where a batch's acks moved the cursors (:func:`chat.move_cursors`), taken by the
+    first ack of each pair (the rest of its acks in the batch have nothing more to tell)."""
     kind = e.get("kind")
     if kind == "message":
         message = e.get("message")
@@ -60,28 +59,34 @@ def apply(e: dict, members: dict[int, list[int]] | None = None) -> Plan:
         (conversation_id,) = _fields(message, "conversation_id")
         recipients = _members(message, conversation_id, members) + list(e.get("also_notify") or [])
         return recipients, ("message", message), e.get("origin_conn")
-    if kind in ("typing", "ack"):
-        conversation_id, user_id = _fields(e, "conversation_id", "user_id")
-        try:
-            chat.membership(conversation_id, user_id)
-            if kind == "ack":
-                (seq,) = _fields(e, "seq")
-                seq = chat.move_cursor(user_id, conversation_id, seq, e.get("ack_type", "delivered"))
-                if seq is None or e.get("ack_type") != "read":
-                    return [], None, None
-        except AppError:
-            return [], None, None  # not (or no longer) a member: nothing to tell anyone
-        others = [u for u in chat.member_ids(conversation_id) if u != user_id]
-        if kind == "typing":
-            return others, ("typing", {"conversation_id": conversation_id, "user_id": user_id}), None
+    if kind == "ack":
+        conversation_id, user_id, seq = _fields(e, "conversation_id", "user_id", "seq")
+        if cursors is None:
+            cursors = chat.move_cursors([(conversation_id, user_id, seq, e.get("ack_type", "delivered"))])
+        _, read_to = cursors.pop((conversation_id, user_id), (None, None))
+        if read_to is None:
+            return [], None, None  # nothing moved (or not a member): nothing to tell anyone
         # The seq the cursor moved to, which is never past the conversation's last message.
-        payload = {"conversation_id": conversation_id, "user_id": user_id, "seq": seq, "ack_type": "read"}
+        payload = {"conversation_id": conversation_id, "user_id": user_id, "seq": read_to, "ack_type": "read"}
+        others = [u for u in _members_of(conversation_id, members) if u != user_id]
         return others, ("receipt", payload), None
+    if kind == "typing":
+        conversation_id, user_id = _fields(e, "conversation_id", "user_id")
+        current = _members_of(conversation_id, members)
+        if user_id not in current:
+            return [], None, None  # not (or no longer) a member: nothing to tell anyone
+        return [u for u in current if u != user_id], ("typing", {"conversation_id": conversation_id,
+                                                                 "user_id": user_id}), None
     if kind == "presence":
         (user_id,) = _fields(e, "user_id")
         payload = {"user_id": user_id, "online": bool(e.get("online")), "last_seen": e.get("last_seen")}
         return chat.contact_ids(user_id), ("presence", payload), None
     raise Invalid(Code.UNMARSHAL_FAILED, f"unknown deliver kind {kind!r}")
+
+
+def _members_of(conversation_id: int, members: dict[int, list[int]] | None) -> list[int]:
+    known = (members or {}).get(conversation_id)
+    return chat.member_ids(conversation_id) if known is None else known
 
 
 def pushes(plans: list[Plan], ctx) -> list[list[Publish | Emit]]:
@@ -120,15 +125,31 @@ def handle(event, ctx):
 
 
 def handle_batch(events, ctx):
-    conversation_ids = {e.value["message"].get("conversation_id") for e in events
-                        if e.value.get("kind") == "message" and isinstance(e.value.get("message"), dict)
-                        and _private_pair(e.value["message"]) is None}
-    members = chat.members_of([c for c in conversation_ids if isinstance(c, int)])
+    """A poll's events with one membership query for the group messages, typing and read acks, and
+    one cursor move for all its acks (a busy conversation's acks come many to a poll)."""
+    values = [e.value for e in events]
+    acks = [(v["conversation_id"], v["user_id"], v["seq"], v.get("ack_type", "delivered")) for v in values
+            if v.get("kind") == "ack" and _are_ints(v, "conversation_id", "user_id", "seq")]
+    cursors = chat.move_cursors(acks)
+    conversation_ids = {v["message"].get("conversation_id") for v in values
+                        if v.get("kind") == "message" and isinstance(v.get("message"), dict)
+                        and _private_pair(v["message"]) is None}
+    conversation_ids |= {v.get("conversation_id") for v in values if v.get("kind") == "typing"}
+    conversation_ids |= {pair[0] for pair, (_, read_to) in cursors.items() if read_to is not None}
+    members = chat.members_of([c for c in conversation_ids if _is_int(c)])
     plans: list = []
-    for event in events:
+    for value in values:
         try:
-            plans.append(apply(event.value, members))
+            plans.append(apply(value, members, cursors))
         except Invalid:
             plans.append(None)  # left to handle(), which dead-letters it
     published = iter(pushes([p for p in plans if p is not None], ctx))
     return [None if p is None else next(published) for p in plans]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _are_ints(e: dict, *names) -> bool:
+    return all(_is_int(e.get(name)) for name in names)

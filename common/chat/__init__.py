@@ -15,7 +15,7 @@ Used by the send and deliver functions and by the gateway's read endpoints.
 """
 from common.chat.members import (block, blocked_ids, contact_ids, member_ids, members_of, membership,
                                  private_conversation)
-from common.chat.cursors import hide, move_cursor
+from common.chat.cursors import hide, move_cursors
 from common.chat.groups import (MAX_GROUP, add_members, create_group, dissolve, get_group, group_members, group_view,
                                 mute_member, remove_member, set_role, transfer_ownership, update_group)
 from common.chat.reads import ack_view, conversations, history, message_view, offline, readers, sync
@@ -27,7 +27,7 @@ from common.chat.store import Stored, forget_cached_conversations, store_message
 __all__ = ["EVENTS", "MAX_CONTENT", "MAX_GROUP", "MAX_PAGE", "SYSTEM", "ack_view", "add_members", "block",
            "blocked_ids", "contact_ids", "conversations", "create_group", "dissolve",
            "forget_cached_conversations", "get_group", "group_members", "group_view", "hide", "history",
-           "member_ids", "members_of", "membership", "message_view", "move_cursor", "mute_member",
+           "member_ids", "members_of", "membership", "message_view", "move_cursors", "mute_member",
            "offline", "page_limit", "private_conversation", "readers", "remove_member", "route_key", "search",
            "seq_param", "set_role", "store_messages", "store_system", "Stored", "sync",
            "transfer_ownership", "update_group", "validate_change", "validate_event", "validate_send"]

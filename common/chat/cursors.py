@@ -2,26 +2,52 @@
 they deleted for themselves (not events of the conversation: no one else is told)."""
 from __future__ import annotations
 
+import peewee as pw
+
 from common.errors import AppError, Code
 from common.chat.members import membership
-from common.models import Conversation, ConversationMember as Member, HiddenMessage, Message
+from common.models import Conversation, ConversationMember as Member, HiddenMessage, Message, db
 
 
-def move_cursor(user_id: int, conversation_id: int, seq: int, ack_type: str) -> int | None:
-    """Move the delivered or read cursor forward (never back, never past the conversation's last
-    seq); the seq it moved to, or None when it did not move.
+Ack = tuple[int, int, int, str]  # conversation id, user id, seq, ack type ("delivered" | "read")
 
-    Reading implies delivery, so a read ack moves both.
+
+def move_cursors(acks: list[Ack]) -> dict[tuple[int, int], tuple[int | None, int | None]]:
+    """Move delivered and read cursors forward for many acks at once (a deliver batch's): per
+    ``(conversation_id, user_id)`` only its acks' highest seqs count, read implying delivered, and
+    never past the conversation's last seq. One query reads every cursor concerned; a cursor that
+    moves costs one conditional UPDATE (forward only, so a concurrent writer is never undone), all
+    in one transaction.
+
+    Returns, per pair, the seqs its delivered and read cursors moved to (None: not moved — already
+    there, or not a member of that conversation, or no such conversation).
     """
-    conv = Conversation.get_or_none(Conversation.id == conversation_id)
-    if conv is None:
-        raise AppError(Code.CONVERSATION_NOT_FOUND)
-    seq = min(seq, conv.last_seq)
-    where = (Member.conversation_id == conversation_id) & (Member.user_id == user_id)
-    moved = Member.update(delivered_seq=seq).where(where & (Member.delivered_seq < seq)).execute()
-    if ack_type == "read":
-        moved = Member.update(read_seq=seq).where(where & (Member.read_seq < seq)).execute()
-    return seq if moved else None
+    wanted: dict[tuple[int, int], list[int]] = {}  # pair -> [delivered, read]
+    for conversation_id, user_id, seq, ack_type in acks:
+        want = wanted.setdefault((conversation_id, user_id), [0, 0])
+        want[0] = max(want[0], seq)
+        if ack_type == "read":
+            want[1] = max(want[1], seq)
+    moved: dict[tuple[int, int], tuple[int | None, int | None]] = {pair: (None, None) for pair in wanted}
+    if not wanted:
+        return moved
+    rows = (Member.select(Member.conversation_id, Member.user_id, Member.delivered_seq, Member.read_seq,
+                          Conversation.last_seq)
+            .join(Conversation, on=(Conversation.id == Member.conversation_id))
+            .where(pw.Tuple(Member.conversation_id, Member.user_id).in_(list(wanted))).tuples())
+    with db.atomic():
+        for conversation_id, user_id, delivered, read, last_seq in rows:
+            to_delivered, to_read = (min(seq, last_seq) for seq in wanted[conversation_id, user_id])
+            mine = (Member.conversation_id == conversation_id) & (Member.user_id == user_id)
+            delivered_to = read_to = None
+            if to_delivered > delivered and Member.update(delivered_seq=to_delivered).where(
+                    mine & (Member.delivered_seq < to_delivered)).execute():
+                delivered_to = to_delivered
+            if to_read > read and Member.update(read_seq=to_read).where(
+                    mine & (Member.read_seq < to_read)).execute():
+                read_to = to_read
+            moved[conversation_id, user_id] = (delivered_to, read_to)
+    return moved
 
 
 def hide(user_id: int, msg_id: str) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from common import bus, config as config_mod
+from common import bus, chat, config as config_mod
 from common.models import init_db
 from common.migrations import migrate
 
@@ -93,6 +93,7 @@ def cfg(base_env):
         try:
             _server_sql(cfg, f"CREATE DATABASE IF NOT EXISTS `{cfg.db.name}` CHARACTER SET utf8mb4")
             database = init_db(cfg.db)
+            chat.forget_cached_conversations()  # another test's database may have filled it
             migrate()
             bus.ensure_topics(cfg)
             break

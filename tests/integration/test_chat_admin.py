@@ -123,7 +123,7 @@ def test_read_by_whom_after_three_members_read(cfg):
         group, _ = chat.create_group(sender, "readers", readers)
         message = send(sender, "read me", **_to(group=group.id)).message
         for reader in readers[:3]:
-            chat.move_cursor(reader, group.id, message.seq, "read")
+            chat.move_cursors([(group.id, reader, message.seq, "read")])
         page = chat.readers(readers[3], group.id, message.seq, 2)
         assert [r["user_id"] for r in page["readers"]] == sorted(readers[:3])[:2] and page["has_more"]
         rest = chat.readers(readers[3], group.id, message.seq, 2, page["next_after"])

@@ -207,7 +207,7 @@ def test_mentions_name_members_only_and_count_as_unread_until_read(cfg):
         def unread(user):
             return next(c["unread_mentions"] for c in chat.conversations(user) if c["conversation_id"] == group.id)
         assert (unread(member), unread(owner)) == (2, 0)
-        chat.move_cursor(member, group.id, first.message.seq, "read")
+        chat.move_cursors([(group.id, member, first.message.seq, "read")])
         assert unread(member) == 1
 
 

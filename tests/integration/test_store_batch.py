@@ -4,7 +4,7 @@ import uuid
 
 from common import accounts, chat
 from common.errors import AppError, Code
-from common.models import Conversation, Message, db
+from common.models import Conversation, ConversationMember, Message, db
 
 
 def _users(cfg, n):
@@ -109,11 +109,30 @@ def test_own_messages_are_not_unread_and_cursors_stop_at_the_last_message(cfg):
         unread = {c["conversation_id"]: c["unread_count"] for c in chat.conversations(a)}
         assert unread[conv_id] == 0                                   # the sender's own message
         assert {c["conversation_id"]: c["unread_count"] for c in chat.conversations(b)}[conv_id] == 1
-        assert chat.move_cursor(b, conv_id, 2 ** 62, "read") == 1     # moved to the last seq, not 2^62
-        assert chat.move_cursor(b, conv_id, 1, "read") is None        # never back, never twice
+        assert chat.move_cursors([(conv_id, b, 2 ** 62, "read")]) == {(conv_id, b): (1, 1)}  # to the last seq
+        assert chat.move_cursors([(conv_id, b, 1, "read")]) == {(conv_id, b): (None, None)}  # never back, never twice
         group, _ = chat.create_group(a, "own", [b])
         assert group.last_seq == 1                                    # group_created is seq 1
         assert {c["conversation_id"]: c["unread_count"] for c in chat.conversations(a)}[group.id] == 0
+
+
+def test_a_batch_of_acks_moves_each_cursor_once_to_its_highest_seq(cfg):
+    """A deliver batch's acks: per member, the highest delivered and read seqs count (read implies
+    delivered); an outsider's ack and an ack for no conversation move nothing."""
+    with db.connection_context():
+        a, b, outsider = _users(cfg, 3)
+        m = uuid.uuid4().hex[:8]
+        stored = chat.store_messages([_send(a, f"{m}-{i}", to=b) for i in range(4)])
+        conv_id = stored[0].conversation.id
+        moved = chat.move_cursors([(conv_id, b, 1, "delivered"), (conv_id, b, 3, "delivered"),
+                                   (conv_id, b, 2, "read"), (conv_id, b, 1, "read"),
+                                   (conv_id, outsider, 4, "read"), (2 ** 62, b, 1, "read")])
+        assert moved == {(conv_id, b): (3, 2), (conv_id, outsider): (None, None), (2 ** 62, b): (None, None)}
+        member = ConversationMember.get(conversation_id=conv_id, user_id=b)
+        assert (member.delivered_seq, member.read_seq) == (3, 2)
+        assert chat.move_cursors([(conv_id, b, 4, "read")]) == {(conv_id, b): (4, 4)}
+        assert not ConversationMember.select().where((ConversationMember.conversation_id == conv_id)
+                                                     & (ConversationMember.user_id == outsider)).exists()
 
 
 def test_a_refused_first_message_creates_no_conversation(cfg):
