@@ -34,7 +34,8 @@ def move_cursors(acks: list[Ack]) -> dict[tuple[int, int], tuple[int | None, int
     rows = (Member.select(Member.conversation_id, Member.user_id, Member.delivered_seq, Member.read_seq,
                           Conversation.last_seq)
             .join(Conversation, on=(Conversation.id == Member.conversation_id))
-            .where(pw.Tuple(Member.conversation_id, Member.user_id).in_(list(wanted))).tuples())
+            .where(pw.Tuple(Member.conversation_id, Member.user_id).in_(list(wanted)))
+            .order_by(Member.conversation_id, Member.user_id).tuples())  # one lock order for every writer
     with db.atomic():
         for conversation_id, user_id, delivered, read, last_seq in rows:
             to_delivered, to_read = (min(seq, last_seq) for seq in wanted[conversation_id, user_id])
