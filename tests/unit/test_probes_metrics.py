@@ -284,13 +284,26 @@ def test_the_gateway_counts_its_live_greenlets(gateway_db):
     import gevent
     import gevent.event
 
+    assert value(gw_metrics.exposition(), "pingme_gateway_greenlets") >= 0  # in the scrape
+    counter = gw_metrics.Greenlets(max_age_s=0)
     release = gevent.event.Event()
     gevent.sleep(0)  # the hub exists before the first count
-    before = value(gw_metrics.exposition(), "pingme_gateway_greenlets")
+    before = counter.live()
     waiting = [gevent.spawn(release.wait) for _ in range(25)]
     gevent.sleep(0)  # started, and parked on the event
-    assert value(gw_metrics.exposition(), "pingme_gateway_greenlets") - before == 25
+    assert counter.live() - before == 25
     release.set()
     gevent.joinall(waiting)
     del waiting
-    assert value(gw_metrics.exposition(), "pingme_gateway_greenlets") == before  # finished ones are not counted
+    assert counter.live() == before  # finished ones are not counted
+
+
+def test_the_greenlet_count_is_walked_at_most_every_max_age():
+    now = [1000.0]
+    counter = gw_metrics.Greenlets(max_age_s=300, clock=lambda: now[0])
+    first = counter.live()
+    counter.count = first + 7  # what a new walk would not find: shows whether it walked again
+    now[0] += 299
+    assert counter.live() == first + 7  # served from the last walk
+    now[0] += 1
+    assert counter.live() == first  # walked again
