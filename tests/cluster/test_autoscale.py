@@ -1,5 +1,5 @@
-"""KEDA scales ``deliver`` on its consumer group's lag on a real one-node Kubernetes, and nothing is
-lost: the promise of deploy/k8s/base/scaledobjects.yaml, measured.
+"""KEDA scales ``deliver`` and ``login`` on their consumer groups' lag on a real one-node Kubernetes,
+and nothing is lost: the promise of deploy/k8s/base/scaledobjects.yaml, measured.
 
 PingMe runs from deploy/k8s/overlays/local (every function and the gateway as pods of the project's
 image, on the host's Kafka, Redis and MariaDB), in a namespace of this module. ``deliver`` starts at
@@ -13,6 +13,9 @@ workload; the thresholds are the base's). Then:
 2. With the lag gone, after the (shortened) scale-down window, the Deployment returns to one
    replica, one pod at a time, and every removed worker drained and exited 0 on SIGTERM.
 3. A rolling update of ``send`` and ``deliver`` under load loses no acknowledged message.
+4. ``login`` (also at 100m) under an open-loop burst of logins (tests/load/login_burst.py) scales
+   out on its group's lag; every login is answered with a session or a retryable refusal, and once
+   the extra workers are in, the logins are served again; then back to one replica, cleanly.
 
 Throughout, no partition's committed offset goes backwards (no event is handed out twice by a
 scale-in or an update).
@@ -38,20 +41,27 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 LAG_THRESHOLD = 500          # deploy/k8s/base/scaledobjects.yaml, pingme-deliver (kept)
 SCALE_DOWN_WINDOW_S = 30     # the base waits 300 s before removing a worker; shortened for the test
+FAST_SCALING = {
+    "pollingInterval": 5,
+    "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {
+        "stabilizationWindowSeconds": SCALE_DOWN_WINDOW_S,
+        "policies": [{"type": "Pods", "value": 1, "periodSeconds": 10}]}}}},
+}
 SCALED = {
-    "deliver": {
-        "cpu": "100m",
-        "scaledobject": {
-            "pollingInterval": 5,
-            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {
-                "stabilizationWindowSeconds": SCALE_DOWN_WINDOW_S,
-                "policies": [{"type": "Pods", "value": 1, "periodSeconds": 10}]}}}},
-        },
-    },
+    "deliver": {"cpu": "100m", "scaledobject": FAST_SCALING},
+    "login": {"cpu": "100m", "scaledobject": FAST_SCALING},
 }
 # The burst: 20 pairs of users, 300 private messages/s for 30 s (9,000 messages): more than two
 # throttled deliver workers drain (~250/s), so the lag asks for more.
 PAIRS, RATE, DURATION = 20, 300, 30
+LOGIN_LAG_THRESHOLD = 20     # deploy/k8s/base/scaledobjects.yaml, pingme-login (kept)
+# The login burst: 40 users logging in 45 times a second (one login worker throttled to 100m answers
+# ~15-30/s, depending on what else the box runs), until the extra workers have been ready for
+# CATCH_UP_S + SERVED_S seconds (at most LOGIN_MAX_S): the logins of those last SERVED_S seconds
+# show what the scaled-out function serves.
+LOGIN_USERS, LOGIN_RATE, LOGIN_MAX_S = 40, 45, 180
+CATCH_UP_S = 10   # the group's rebalance as the last worker joins, and the queue's backlog
+SERVED_S = 10
 
 
 class Timeline:
@@ -63,7 +73,7 @@ class Timeline:
                                 f"{cfg_ns}.{function}")
         self.deployment, self.function = deployment, function
         self.rows: list[dict] = []
-        self.started = time.monotonic()
+        self.started, self.started_at = time.monotonic(), time.time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -123,10 +133,10 @@ def assert_no_rewinds(what: str, timeline: Timeline) -> None:
     assert not rewinds, f"{what}: committed offsets went backwards (events handled twice): {rewinds}"
 
 
-def removed_pods(watch: PodWatch, deployment) -> tuple[dict[str, dict]] | None:
-    """How each deliver pod that is gone ended (in a 1-tuple), once the watch has seen every one of
-    them end; None until then."""
-    current = {p["metadata"]["name"] for p in deployment.pods("deliver")}
+def removed_pods(watch: PodWatch, deployment, function: str = "deliver") -> tuple[dict[str, dict]] | None:
+    """How each of the function's pods that is gone ended (in a 1-tuple), once the watch has seen
+    every one of them end; None until then."""
+    current = {p["metadata"]["name"] for p in deployment.pods(function)}
     gone = watch.seen - current
     if not gone <= set(watch.finished):
         return None
@@ -236,3 +246,91 @@ def test_rolling_update_of_send_and_deliver_under_load_loses_nothing(deployment,
     for function, timeline in timelines.items():
         assert_no_rewinds(f"rolling update, {function}", timeline)
 
+
+def test_login_scales_out_under_a_login_burst_and_back_in(deployment, tmp_path):
+    """``login`` (one PBKDF2 check per request; here at a CPU limit of 100m) under an open-loop burst
+    of logins: the lag of its group scales it out; every login is answered, with a session or, while
+    one worker cannot keep up, 10008 (it waited past the gateway's deadline) or 50008 (not handed to
+    Kafka in time): retryable, never another error; once the extra workers are in, the logins are
+    served again; the lag drains, and the Deployment goes back to one replica, each removed worker
+    exiting 0."""
+    assert deployment.replicas("login") == (1, 1), "login should start at its ScaledObject's minimum"
+    watch = PodWatch(deployment.kube, deployment.namespace, "app.kubernetes.io/name%3Dpingme-login")
+    timeline = Timeline(deployment, "login")
+    out, stop_file = tmp_path / "logins.json", tmp_path / "stop"
+    settled = {"since": None}
+
+    def served_long_enough() -> bool:
+        """The extra workers all ready (wanted == ready >= 2) for CATCH_UP_S + SERVED_S seconds."""
+        row = timeline.last()
+        if row.get("wanted", 1) >= 2 and row["ready"] == row["wanted"]:
+            settled["since"] = settled["since"] or row["t"]
+        else:
+            settled["since"] = None
+        return settled["since"] is not None and timeline.now() - settled["since"] >= CATCH_UP_S + SERVED_S
+
+    try:
+        load = subprocess.Popen([sys.executable, "-m", "tests.load.login_burst", "--url", deployment.url,
+                                 "--users", str(LOGIN_USERS), "--rate", str(LOGIN_RATE), "--duration",
+                                 str(LOGIN_MAX_S), "--stop-file", str(stop_file), "--out", str(out)],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for(lambda: served_long_enough() or load.poll() is not None, timeout=LOGIN_MAX_S + 60,
+                     interval=1, what="login scaled out and serving")
+        finally:
+            stop_file.touch()
+        load_output, _ = load.communicate(timeout=120)
+        assert out.exists(), f"login_burst failed:\n{load_output[-3000:]}"
+        burst = json.loads(out.read_text())
+        # What the gateway went through (restarts, its log's end): for the report of a failure.
+        gateway = [{"pod": p["metadata"]["name"], "status": p["status"].get("containerStatuses"),
+                    "log": deployment.pod_log(p)[-3000:]} for p in deployment.pods("gateway")]
+        drained_at = wait_for(lambda: timeline.last()["lag"] == 0 and timeline.now(), timeout=120, interval=1,
+                              what="the login group's lag to drain")
+        wait_for(lambda: deployment.replicas("login") == (1, 1) and len(deployment.pods("login")) == 1,
+                 timeout=SCALE_DOWN_WINDOW_S + 4 * 15 + 120, interval=1, what="login back at one replica")
+        back_at_one = timeline.now()
+        [removed] = wait_for(lambda: removed_pods(watch, deployment, "login"), timeout=30, interval=0.5,
+                             what="every removed login pod's end (its container's exit) seen")
+    finally:
+        timeline.stop()
+        watch.stop()
+
+    rows = [r for r in timeline.rows if "lag" in r]
+    peak_lag = max(r["lag"] for r in rows)
+    peak_replicas = max(r["wanted"] for r in rows)
+    first_ready_up = next((r["t"] for r in rows if r["ready"] > 1), None)
+    all_ready = settled["since"]
+    # The burst's seconds (its own clock) from CATCH_UP_S after every extra worker was ready.
+    served_from = None if all_ready is None else all_ready + CATCH_UP_S + timeline.started_at - burst["started_at"]
+    served = [row for row in burst["timeline"] if served_from is not None and row["t"] >= served_from]
+    report = {"burst": burst, "gateway": gateway, "peak_lag": peak_lag, "served_from_burst_s": served_from,
+              "peak_replicas": peak_replicas,
+              "first_scale_up_s": next((r["t"] for r in rows if r["wanted"] > 1), None),
+              "first_extra_replica_ready_s": first_ready_up, "lag_drained_s": drained_at,
+              "back_at_one_replica_s": back_at_one, "removed_pods": removed,
+              "offset_rewinds": timeline.rewinds(), "changes": timeline.changes(), "timeline": timeline.rows}
+    LOGS.mkdir(parents=True, exist_ok=True)
+    (LOGS / f"cluster-login-{int(time.time())}.json").write_text(json.dumps(report, indent=1))
+    print(f"\nlogin burst: {burst['sent']} logins at {LOGIN_RATE}/s: ok {burst['ok']}, timed out {burst['timeout']}, "
+          f"unavailable {burst['unavailable']}, errors {burst['error']}; peak lag {peak_lag}, peak replicas "
+          f"{peak_replicas}, first extra replica ready at {first_ready_up} s, all at {all_ready} s, lag drained at "
+          f"{drained_at:.0f} s, back at 1 replica at {back_at_one:.0f} s")
+    for row in timeline.changes():
+        print(f"  t={row['t']:6.1f}s lag={row['lag']:5d} wanted={row['wanted']} ready={row['ready']}")
+    for row in burst["timeline"]:
+        print(f"  login second {row['t']:3d}: ok {row['ok']:3d} timeout {row['timeout']:3d} unavailable "
+              f"{row['unavailable']:3d} error {row['error']} p50 {row['p50_ms']} ms")
+
+    assert burst["answered"] == burst["sent"] and burst["error"] == 0, \
+        f"logins not answered with a session, 10008 or 50008: {burst['errors']}; the gateway: {json.dumps(gateway)[-3000:]}"
+    assert peak_lag > LOGIN_LAG_THRESHOLD, f"the burst built no lag above the threshold (peak {peak_lag})"
+    assert 2 <= peak_replicas <= PARTITIONS, f"KEDA did not scale login out (peak {peak_replicas} replicas)"
+    assert first_ready_up is not None and all_ready is not None, "the extra login replicas never all became ready"
+    assert len(served) >= SERVED_S - 2, f"the burst ran {burst['duration']} s, its logins from second {served_from} on: {served}"
+    ok_share = sum(row["ok"] for row in served) / sum(row["sent"] for row in served)
+    assert ok_share >= 0.9, f"with {peak_replicas} login workers ready, only {ok_share:.0%} of the logins were served"
+    assert len(removed) >= peak_replicas - 1, f"scale-in removed {len(removed)} pods, expected {peak_replicas - 1}"
+    unclean = {name: state for name, state in removed.items() if state.get("exitCode") != 0}
+    assert not unclean, f"workers that did not drain and exit 0 on SIGTERM: {unclean}"
+    assert_no_rewinds("login scale-out and in", timeline)
