@@ -95,3 +95,15 @@ def test_idle_tool_smoke(cfg, tmp_path):
     assert sorted(result["cpu_pct"]) == sorted(bus.FUNCTIONS)
     assert result["total_cores"] > 0  # the workers were found and ran
     assert len(result["first_message_ms"]) == 2 and all(ms > 0 for ms in result["first_message_ms"])
+
+
+def test_store_cost_tool_smoke(tmp_path):
+    """tests/load/store_cost.py at a tiny size: both ways of executing the store's statements store
+    every send (the tool exits non-zero otherwise) and are measured."""
+    out = tmp_path / "store-cost.json"
+    done = subprocess.run([sys.executable, "-m", "tests.load.store_cost", "--batch", "3", "--rounds", "2",
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())["3"]
+    assert set(result) == {"rendered once", "rendered each time"}
+    assert all(figures["median_us"] > 0 for figures in result.values())

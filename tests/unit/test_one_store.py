@@ -1,7 +1,7 @@
 """One implementation assigns a conversation's seq (issue 12 part 4), read from the source (ast,
 nothing imported): every write of a ``message`` row or of ``conversation.last_seq`` in the
-deployables is in ``common.chat.store._store_batch``, which the send function's batches and the
-gateway's system messages (``chat.store_system``) both go through. A second store, in the gateway
+deployables is in ``common.chat.store._store_batch`` (through its statement helpers, called from
+nowhere else), which the send function's batches and the gateway's system messages (``chat.store_system``) both go through. A second store, in the gateway
 or in a function, would number a conversation twice; this test names where it came back.
 
 The behaviour (system messages and sends interleaved in one group get 1, 2, 3, ...) is tested in
@@ -42,13 +42,18 @@ def _seq_writers() -> set[str]:
     return found
 
 
+# Called from _store_batch only, in its transaction: _write_changes writes what a batch's events
+# (edit, recall, ...) do to earlier messages; the two statements are the batch's seq move and its
+# insert (rendered once per shape).
+HELPERS = ("_write_changes", "_seq_statement", "_insert_statement")
+
+
 def test_messages_and_last_seq_are_written_in_one_place():
-    # _write_changes writes what a batch's events (edit, recall, ...) do to earlier messages, in
-    # _store_batch's transaction, and is called from nowhere else.
-    assert _seq_writers() == {"common.chat.store._store_batch", "common.chat.store._write_changes"}
-    callers = {f"{path.relative_to(REPO)}" for package in ("common", "functions", "gateway")
-               for path in (REPO / package).rglob("*.py") if "_write_changes(" in path.read_text()}
-    assert callers == {"common/chat/store.py"}
+    assert _seq_writers() == {f"common.chat.store.{h}" for h in HELPERS}
     source = (REPO / "common" / "chat" / "store.py").read_text()
-    batch = source[source.index("def _store_batch("):source.index("def _write_changes(")]
-    assert source.count("_write_changes(") == 2 and "_write_changes(checks)" in batch
+    batch = source[source.index("def _store_batch("):source.index("\n\n\n", source.index("def _store_batch("))]
+    for helper in HELPERS:
+        callers = {f"{path.relative_to(REPO)}" for package in ("common", "functions", "gateway")
+                   for path in (REPO / package).rglob("*.py") if f"{helper}(" in path.read_text()}
+        assert callers == {"common/chat/store.py"}, helper
+        assert source.count(f"{helper}(") == 2 and f"{helper}(" in batch, helper

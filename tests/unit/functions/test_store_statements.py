@@ -1,0 +1,44 @@
+"""The store's batch statements are rendered by peewee once per shape and reused with parameters
+the store lists itself (common/chat/store.py): those parameters must be exactly the ones peewee's
+own rendering of the same statement takes, for every statement a real batch executes — sends to
+new and known private conversations, a group, and an edit."""
+from __future__ import annotations
+
+import pytest
+
+from common import chat
+from common.chat import store
+from tests.unit.functions.conftest import make_user
+
+
+@pytest.fixture
+def executed(database, monkeypatch):
+    """Every statement the store executes, as (peewee's params, the store's params)."""
+    seen = []
+    real = store._execute
+
+    def compare(key, query, params):
+        seen.append((query().sql()[1], params))
+        real(key, query, params)
+    monkeypatch.setattr(store, "_execute", compare)
+    return seen
+
+
+def _send(sender, msg_id, *, to=None, group=None, content="hi", **extra):
+    return sender, {"msg_id": msg_id, "content": content, "content_type": "text", "to_user_id": to,
+                    "group_id": group, **extra}
+
+
+def test_the_store_passes_each_statement_the_parameters_peewee_would(executed):
+    a, b, c = (make_user(name) for name in ("ann", "ben", "cat"))
+    group, _ = chat.create_group(a, "g", [b, c])
+    results = chat.store_messages([_send(a, "m1", to=b), _send(b, "m2", to=a), _send(a, "m3", to=c),
+                                   _send(c, "m4", group=group.id), _send(a, "m5", to=b)])
+    assert all(isinstance(r, chat.Stored) for r in results), results
+    edit = chat.store_messages([_send(a, "e1", to=b, content="m1 again", content_type="edit",
+                                      target_msg_id="m1")])
+    assert isinstance(edit[0], chat.Stored), edit
+    assert len(executed) >= 8  # group creation's system message, two batches: seq, insert, own read each
+    for rendered, listed in executed:
+        assert listed == rendered
+    assert [m.seq for m in (r.message for r in results)] == [1, 2, 1, 2, 3]  # m4 after the group's own
