@@ -17,8 +17,9 @@ worker each with static group membership, restarted at once when killed (as a co
 does), and two gateways under gunicorn.
 
 Clients: ``--pairs`` pairs of users, one device each, the two of a pair on different gateways.
-Each device behaves as docs/PROTOCOL.md asks a client to: when its socket closes (or its gateway
-dies) it reconnects with backoff, to the other gateway first, syncs each of its conversations
+Each device behaves as docs/PROTOCOL.md asks a client to: when its gateway dies it reconnects at
+once to the other; when told to come back later (1013) to either, as a load balancer would pick
+(with backoff while it is refused); it syncs each of its conversations
 from the last seq it has, and resends every message not acknowledged, with the same ``msg_id``;
 a send refused with a code that says "try again" (50008, 10008, 2000x) is resent a second later;
 a push that skips a seq makes it sync the gap. Messages go round-robin both ways at ``--rate``.
@@ -52,6 +53,7 @@ import collections  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import random  # noqa: E402
 import re  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
@@ -305,8 +307,10 @@ class Device:
             if self.reply is not None:
                 self.reply.set(None)
             self.load.closes[int(ws.close_reason)] += 1
-            if not self.stopped:
-                self.urls.append(self.urls.pop(0))  # PROTOCOL.md: reconnect at once, to another gateway
+            if not self.stopped and int(ws.close_reason) in (1005, 1006):
+                self.urls.append(self.urls.pop(0))  # the gateway died: reconnect at once, to another
+            elif not self.stopped:  # told to come back (1013, 1012): any gateway, as a load balancer picks
+                random.shuffle(self.urls)
 
     def _log_in_again(self, url: str) -> bool:
         """The token was refused (its session is gone): log in with the password, as a user
@@ -511,8 +515,9 @@ class Faults:
     """Each fault kills something and restores it; ``records`` says when and for how long."""
 
     def __init__(self, servers: PrivateServers, system: System, load: Load, outage: float, cfg, users: list[int],
-                 proxy=None, cut: float = 15):
+                 proxy=None, cut: float = 15, devices=()):
         self.servers, self.system, self.load, self.outage = servers, system, load, outage
+        self.devices = devices
         self.proxy, self.cut = proxy, cut
         self.cfg, self.users = cfg, users
         self.records: list[dict] = []
@@ -531,6 +536,7 @@ class Faults:
         elif kind == "gateway":
             i = turn % len(self.system.ports)
             record["target"] = f"gw{i}"
+            record["devices_on_it"] = sum(1 for d in self.devices if d.ws is not None and d.urls[0] == self.system.urls[i])
             dead = self.system.kill_gateway(i)
             record.update(self._dead_presence(dead))
             gevent.sleep(self.outage)
@@ -748,7 +754,7 @@ def run(args) -> dict:
         wait_until(lambda: all(d.seqs for d in devices), 60, "every device to know its conversation")
 
         started = time.time()
-        faults = Faults(servers, system, load, args.outage, cfg, list(usernames), proxy, args.cut)
+        faults = Faults(servers, system, load, args.outage, cfg, list(usernames), proxy, args.cut, devices)
         faults.started = started
         sampler.sample(0)
         first = args.every if args.first_fault is None else args.first_fault
