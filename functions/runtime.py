@@ -60,11 +60,11 @@ import threading
 import time
 from dataclasses import replace
 from types import ModuleType
-from typing import Callable
+from typing import Awaitable, Callable
 
 import peewee as pw
 import redis
-from kafka import ConsumerRebalanceListener
+from kafka import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
@@ -133,21 +133,22 @@ def _metadata(offsets: dict) -> dict:
     return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
 
 
-class _GroupListener(ConsumerRebalanceListener):
+class _GroupListener(AsyncConsumerRebalanceListener):
     """Tells the probes whether the worker holds an assignment, counts rebalances, and hands the
-    worker the partitions it gives up (``on_revoked``)."""
+    worker the partitions it gives up (``on_revoked``, awaited). kafka-python runs these on its IO
+    thread, where a blocking call (a synchronous commit) raises: hence the async listener."""
 
     def __init__(self, state: probes.WorkerState, fn_metrics: metrics.FunctionMetrics,
-                 on_revoked: Callable[[set], None] = lambda partitions: None):
+                 on_revoked: Callable[[set], Awaitable[None]]):
         self.state = state
         self.metrics = fn_metrics
         self.on_revoked = on_revoked
 
-    def on_partitions_revoked(self, revoked):
+    async def on_partitions_revoked(self, revoked):
         self.state.assigned = False
-        self.on_revoked(set(revoked))
+        await self.on_revoked(set(revoked))
 
-    def on_partitions_assigned(self, assigned):
+    async def on_partitions_assigned(self, assigned):
         self.state.assigned = True
         self.metrics.rebalances.inc()
         self.metrics.assigned.set(len(assigned))
@@ -249,7 +250,7 @@ class Worker:
             self._commit(batch)
         return sum(len(records) for records in batch.values())
 
-    def _revoked(self, partitions: set) -> None:
+    async def _revoked(self, partitions: set) -> None:
         """A rebalance takes ``partitions`` away (kafka-python calls this inside ``poll``, while the
         worker is still their owner): commit what is finished of them, then forget them. A batch
         still waiting for its outputs' acknowledgement is left to the next owner, which runs it
@@ -258,7 +259,7 @@ class Worker:
         if not unsent:
             return
         try:
-            self.consumer.commit(_metadata(unsent), timeout_ms=COMMIT_TIMEOUT_MS)
+            await self.consumer.commit_async(_metadata(unsent))
         except KafkaError as exc:  # the next owner re-runs those batches
             self._commit_failed(unsent, exc)
 

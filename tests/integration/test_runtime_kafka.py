@@ -149,3 +149,31 @@ def test_expired_request_is_dropped_without_side_effects(cfg, producer, replies,
     got = wait_for(lambda: replies(), timeout=30, what="the fresh request's reply")
     assert [r["data"]["username"] for r in got] == [prefix + "f"]
     assert _users(prefix) == 1
+
+
+def test_a_worker_commits_what_it_finished_when_a_rebalance_takes_its_partitions(
+        cfg, producer, replies, start_function):
+    """Offsets go out every COMMIT_INTERVAL_MS; a rebalance in between must not hand finished
+    records to the next owner: the revoked partitions are committed first (in the rebalance
+    listener, which runs on kafka-python's IO thread), so nothing is processed twice."""
+    first = start_function("register", COMMIT_INTERVAL_MS="60000")  # nothing committed on schedule
+    prefix = "r" + uuid.uuid4().hex[:6]
+    requests = [_register_request(replies.channel, f"{prefix}{i:03d}") for i in range(40)]
+    for request in requests:
+        producer.send(cfg.topic("register"), key=request["request_id"].encode(), value=bus.encode(request))
+    producer.flush()
+    wait_for(lambda: len(replies()) >= len(requests), timeout=60, what="a reply to every request")
+
+    second = start_function("register", COMMIT_INTERVAL_MS="60000")  # joins: the first gives up a partition
+    wait_for(lambda: first.log().count("partitions assigned") >= 2, timeout=60, what="the first to be reassigned")
+    markers = [_register_request(replies.channel, f"{prefix}m{partition}") for partition in range(cfg.kafka.partitions)]
+    for partition, marker in enumerate(markers):  # behind anything re-run in each partition
+        producer.send(cfg.topic("register"), value=bus.encode(marker), partition=partition)
+    producer.flush()
+    marker_ids = {m["request_id"] for m in markers}
+    wait_for(lambda: marker_ids <= {r["request_id"] for r in replies()}, timeout=60, what="the markers' replies")
+
+    answered = [r["request_id"] for r in replies() if r["request_id"] not in marker_ids]
+    assert sorted(answered) == sorted(r["request_id"] for r in requests)  # each exactly once
+    for worker in (first, second):
+        assert "Cannot block" not in worker.log() and "rebalance callback" not in worker.log()
