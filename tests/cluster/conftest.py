@@ -284,7 +284,11 @@ def customize(docs: list[dict], namespace: str, env: dict[str, str], gateway_por
             doc["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = gateway_port
         function = name.removeprefix("pingme-")
         if kind == "Deployment" and function in scaled and "cpu" in scaled[function]:
-            doc["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = scaled[function]["cpu"]
+            container = doc["spec"]["template"]["spec"]["containers"][0]
+            container["resources"]["limits"]["cpu"] = scaled[function]["cpu"]
+            # Python's start (~1.2 s of CPU) takes half a minute under a 50m limit: the liveness
+            # probe's first look (15 s) would restart the worker before it serves.
+            container["livenessProbe"]["initialDelaySeconds"] = 60
         if kind == "ScaledObject":
             meta = doc["spec"]["triggers"][0]["metadata"]
             meta.update(bootstrapServers=env["KAFKA_BROKERS"], consumerGroup=f"{env['PINGME_NAMESPACE']}.{function}",
