@@ -29,6 +29,7 @@ import redis
 import yaml
 from flask import Blueprint, current_app, g, jsonify, request
 from gunicorn.http.errors import ParseException
+from playhouse.pool import MaxConnectionsExceeded
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing.exceptions import WebsocketMismatch
 
@@ -527,7 +528,10 @@ def register_error_handlers(app) -> None:
 
     @app.errorhandler(pw.OperationalError)
     @app.errorhandler(pw.InterfaceError)
+    @app.errorhandler(MaxConnectionsExceeded)
     def on_db_error(exc):
+        """The database unreachable, or every pooled connection busy for the pool's whole wait
+        (seen under a burst of HTTP sends on a saturated box: it was a 500 with 10001)."""
         logger.error("database unavailable on %s %s code=%d: %s", request.method, request.path,
                      Code.DATABASE_ERROR, type(exc).__name__)
         return error_response(AppError(Code.DATABASE_ERROR))
