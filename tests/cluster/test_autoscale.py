@@ -144,6 +144,20 @@ def removed_pods(watch: PodWatch, deployment, function: str = "deliver") -> tupl
     return ({name: watch.finished[name] for name in sorted(gone)},)
 
 
+def drain_and_scale_in(function: str, deployment, timeline: Timeline, watch: PodWatch) -> tuple:
+    """Wait for the function's group lag to drain, then for it to be back at one replica after the
+    scale-down window (one worker at a time), then for every removed pod's end to be seen: the
+    timeline's seconds of the first two, and how each removed pod ended."""
+    drained_at = wait_for(lambda: timeline.last()["lag"] == 0 and timeline.now(), timeout=120, interval=1,
+                          what=f"the {function} group's lag to drain")
+    wait_for(lambda: deployment.replicas(function) == (1, 1) and len(deployment.pods(function)) == 1,
+             timeout=SCALE_DOWN_WINDOW_S + 4 * 15 + 120, interval=1, what=f"{function} back at one replica")
+    back_at_one = timeline.now()
+    [removed] = wait_for(lambda: removed_pods(watch, deployment, function), timeout=30, interval=0.5,
+                         what=f"every removed {function} pod's end (its container's exit) seen")
+    return drained_at, back_at_one, removed
+
+
 def chat_load(url: str, out, pairs: int, rate: float, duration: float, drain: float) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tests.load.chat_load", "--url", url, "--pairs", str(pairs),
                              "--rate", str(rate), "--duration", str(duration), "--drain", str(drain),
@@ -173,14 +187,7 @@ def test_deliver_scales_out_on_lag_drains_it_and_scales_back_in(deployment, tmp_
         load_output, _ = load.communicate(timeout=DURATION + 600)
         assert load.returncode in (0, 1) and out.exists(), f"chat_load failed:\n{load_output[-3000:]}"
         burst = json.loads(out.read_text())
-        drained_at = wait_for(lambda: timeline.last()["lag"] == 0 and timeline.now(), timeout=120, interval=1,
-                              what="the deliver group's lag to drain")
-        # Back to one replica after the scale-down window, one worker at a time.
-        wait_for(lambda: deployment.replicas("deliver") == (1, 1) and len(deployment.pods("deliver")) == 1,
-                 timeout=SCALE_DOWN_WINDOW_S + 4 * 15 + 120, interval=1, what="deliver back at one replica")
-        back_at_one = timeline.now()
-        [removed] = wait_for(lambda: removed_pods(watch, deployment), timeout=30, interval=0.5,
-                             what="every removed deliver pod's end (its container's exit) seen")
+        drained_at, back_at_one, removed = drain_and_scale_in("deliver", deployment, timeline, watch)
     finally:
         timeline.stop()
         watch.stop()
@@ -286,13 +293,7 @@ def test_login_scales_out_under_a_login_burst_and_back_in(deployment, tmp_path):
         # What the gateway went through (restarts, its log's end): for the report of a failure.
         gateway = [{"pod": p["metadata"]["name"], "status": p["status"].get("containerStatuses"),
                     "log": deployment.pod_log(p)[-3000:]} for p in deployment.pods("gateway")]
-        drained_at = wait_for(lambda: timeline.last()["lag"] == 0 and timeline.now(), timeout=120, interval=1,
-                              what="the login group's lag to drain")
-        wait_for(lambda: deployment.replicas("login") == (1, 1) and len(deployment.pods("login")) == 1,
-                 timeout=SCALE_DOWN_WINDOW_S + 4 * 15 + 120, interval=1, what="login back at one replica")
-        back_at_one = timeline.now()
-        [removed] = wait_for(lambda: removed_pods(watch, deployment, "login"), timeout=30, interval=0.5,
-                             what="every removed login pod's end (its container's exit) seen")
+        drained_at, back_at_one, removed = drain_and_scale_in("login", deployment, timeline, watch)
     finally:
         timeline.stop()
         watch.stop()

@@ -40,7 +40,7 @@ from tests.integration.conftest import REPO, SERVICES, Proc, free_port  # noqa: 
 from tests.load import history as history_mod  # noqa: E402
 from tests.load.chat_load import Peer, sync_all  # noqa: E402
 from tests.load.stats import percentiles  # noqa: E402
-from tests.load.users import register_users  # noqa: E402
+from tests.load.users import healthy, register_users  # noqa: E402
 
 PAIRS, RATE = 8, 40.0  # 8 conversations: both partitions carry messages
 
@@ -87,7 +87,7 @@ class System:
                   {**self.env, "APP_HOST": "127.0.0.1", "APP_PORT": str(port)}, "failover-gateway")
         self.procs.append(gw)
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _healthy(url), 30, "healthy gateway")
+        wait_until(lambda: healthy(url), 30, "healthy gateway")
         return url
 
     def kill(self, replica: str, restart: bool) -> None:
@@ -100,15 +100,6 @@ class System:
     def stop(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
-
-
-def _healthy(url: str) -> bool:
-    import urllib.request
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 def run(function: str, kills: int, every: float, restart: bool, static: bool, settings: dict[str, str]) -> dict:

@@ -74,7 +74,7 @@ from tests.integration.private_servers import PrivateServers, alive  # noqa: E40
 from tests.load import history as history_mod, procstats  # noqa: E402
 from tests.load.chat_load import next_frame, sync_all  # noqa: E402
 from tests.load.stats import percentiles  # noqa: E402
-from tests.load.users import post_retrying  # noqa: E402
+from tests.load.users import healthy, post_retrying  # noqa: E402
 
 FUNCTIONS = ("register", "login", "send", "deliver", "retry", "dlq")
 FAULTS = ("worker", "redis", "gateway", "mariadb", "kafka", "kafka-net")
@@ -128,14 +128,6 @@ def dead_letters(env: dict[str, str]) -> dict[int, int]:
 
 # ------------------------------------------------------------------------------------ system ---
 
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
 class System:
     """The functions (one static member each) and two gateways of the run."""
 
@@ -169,7 +161,7 @@ class System:
                     {**self.env, "APP_HOST": "127.0.0.1", "APP_PORT": str(self.ports[i]),
                      "GATEWAY_ID": self.gateway_ids[i]}, f"soak-gw{i}")
         self.gateways[i] = proc
-        wait_until(lambda: _healthy(self.urls[i]) or proc.popen.poll() is not None, 60, f"gateway {i}", 0.2)
+        wait_until(lambda: healthy(self.urls[i]) or proc.popen.poll() is not None, 60, f"gateway {i}", 0.2)
         if proc.popen.poll() is not None:
             raise RuntimeError(f"gateway {i} exited:\n{proc.log()[-3000:]}")
 

@@ -20,6 +20,15 @@ def post(url: str, body: dict, token: str | None = None) -> dict:
         return json.loads(resp.read())
 
 
+def healthy(url: str) -> bool:
+    """Whether the gateway at ``url`` answers /health with 200 (False while it is down)."""
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
 def post_retrying(url: str, body: dict, attempts: int = 5, taken_ok: bool = False) -> dict | None:
     """``post`` that retries the pipeline's retryable answers (504/10008, 503/50008) with backoff.
     With ``taken_ok`` a 409 on a retry counts as success (an earlier attempt got through)."""
