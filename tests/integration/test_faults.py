@@ -164,7 +164,8 @@ def test_kafka_broker_restart_loses_no_acknowledged_message(base_env, start_func
     # Sends the gateway could not hand to Kafka are refused with 50008; everything acked arrives.
     assert set(result["error_codes"]) <= {50008}
     assert result["acked_not_delivered"] == 0 and result["sync_problems"] == 0, output[-3000:]
-    assert result["acked"] + result["errors"] == result["sent"]
+    # Every send is acked or refused; one refused 50008 may still be acked later (PROTOCOL.md).
+    assert result["acked"] + result["refused"] == result["sent"]
     assert result["checker"]["ok"], result["checker"]
 
 

@@ -126,7 +126,8 @@ def _kill_under_load(cluster, base_env, start_function, start_gateway, tmp_path,
           f"{window / 1000:.1f} s; checker {result['checker']}")
     assert result["sent"] > 1000
     assert set(result["error_codes"]) <= {50008}, output[-3000:]
-    assert result["acked"] + result["errors"] == result["sent"]
+    # Every send is acked or refused; one refused 50008 may still be acked later (PROTOCOL.md).
+    assert result["acked"] + result["refused"] == result["sent"]
     assert result["acked_not_delivered"] == 0 and result["sync_problems"] == 0, output[-3000:]
     assert result["checker"]["ok"], result["checker"]
     return result

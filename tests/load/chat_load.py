@@ -294,6 +294,9 @@ def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False,
     samples = [(t - started, (received[(r, m)] - t) * 1000, (acks[m][0] - t) * 1000 if m in acks else None)
                for m, (t, r) in sent.items() if (r, m) in received]
     errors = [e for p in peers for e in p.errors]
+    # A 50008 (or a timeout) is "not known to be accepted": the broker may have taken the send after
+    # all, and its ack then follows (PROTOCOL.md). Such a send counts as acked, not refused.
+    refused_ids = {e.get("ref") for e in errors} & set(sent)
     duplicates = sum(p.duplicates for p in peers)
     for peer in peers:
         peer.close()
@@ -324,6 +327,7 @@ def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False,
         "pairs": pairs, "target_rate": rate, "duration_s": duration, "sent": len(sent),
         "acked": len(acks), "delivered": len(e2e_ms), "acked_not_delivered": len(not_delivered),
         "errors": len(errors), "error_codes": sorted({e.get("code") for e in errors}),
+        "refused": len(refused_ids - set(acks)), "refused_then_acked": len(refused_ids & set(acks)),
         "duplicate_pushes": duplicates,
         "sync_conversations": len(by_conversation), "sync_problems": sync_problems,
         "send_rate": round(len(sent) / send_seconds, 1),
