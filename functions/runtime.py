@@ -68,7 +68,7 @@ from kafka import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from common import bus, logs
+from common import bus, heap, logs
 from common.config import Config
 from common.errors import Code
 from common.models import db, now_ms
@@ -524,6 +524,8 @@ def serve(name: str, module: ModuleType, config: Config, stop: threading.Event) 
         bus.ensure_topics(config)
         worker = Worker(name, module, config, bus.make_consumer(config, name), bus.make_producer(config),
                         redis_client, stop, state)
+        frozen = heap.freeze_startup()
+        logger.debug("function %s: %d start-up objects exempted from garbage collection", name, frozen)
         try:
             worker.run()
         finally:

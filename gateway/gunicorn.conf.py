@@ -14,7 +14,7 @@ import sys
 
 from gunicorn import glogging as _glogging
 
-from common import config as _config, logs as _logs
+from common import config as _config, heap as _heap, logs as _logs
 
 try:
     _cfg = _config.load()
@@ -90,6 +90,7 @@ def post_worker_init(worker):
         gevent.spawn(gateway.drain)        # the gateway: end every connection now (not in a handler)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    _heap.freeze_startup()  # the app is loaded: what exists now lives as long as the worker
 
 
 def worker_int(worker):
