@@ -131,22 +131,24 @@ def _bearer() -> str:
     return token.strip()
 
 
-def require_user(view=None, *, session_checked_later: bool = False):
+def require_user(view=None, *, session_checked_later: bool = False, also_limits: tuple[str, ...] = ()):
     """Resolve ``Authorization: Bearer <token>`` to ``g.user_id`` (and its claims, ``g.claims``)
-    or answer 401 (30004/30005: expired, forged, or revoked), then charge the user's API limit.
+    or answer 401 (30004/30005: expired, forged, or revoked), then charge the user's API limit and
+    the user's ``also_limits`` (one Redis call for all: common/ratelimit.py).
 
     With ``session_checked_later`` the token's signature and expiry are checked here, and whether
     it was revoked is left to the function the request goes to (``send``, which checks a batch of
     requests' sessions with one Redis read): the view must hand ``g.claims``' session on."""
     if view is None:
-        return functools.partial(require_user, session_checked_later=session_checked_later)
+        return functools.partial(require_user, session_checked_later=session_checked_later,
+                                 also_limits=also_limits)
 
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
         gw = current_gateway()
         g.claims = accounts.authenticate_claims(_bearer(), gw.cfg, None if session_checked_later else gw.redis)
         g.user_id = int(g.claims["sub"])
-        limit(("api_user", g.user_id))
+        limit(("api_user", g.user_id), *((rule, g.user_id) for rule in also_limits))
         return view(*args, **kwargs)
     return wrapper
 
@@ -349,12 +351,12 @@ def put_profile():
 
 
 @bp.post("/api/v1/messages")
-@require_user(session_checked_later=True)
+@require_user(session_checked_later=True, also_limits=("ws_send_user",))
 def send_message():
-    """Send over HTTP: the same event, idempotency, ack and rate limit as the WebSocket ``send``.
-    The send function refuses it (30005) if the token was revoked (``session``)."""
+    """Send over HTTP: the same event, idempotency, ack and rate limit as the WebSocket ``send``
+    (charged before the body is read, as a ``send`` frame is). The send function refuses it (30005)
+    if the token was revoked (``session``)."""
     fields = chat.validate_send(json_body())
-    limit(("ws_send_user", g.user_id))
     key = chat.route_key(g.user_id, fields["to_user_id"], fields["group_id"])
     session = {"sid": g.claims.get("sid"), "ver": g.claims.get("ver", 0)}
     reply = current_gateway().request("send", {**fields, "sender_id": g.user_id, "session": session}, key)

@@ -362,6 +362,25 @@ def test_sends_are_limited_per_user_across_connections(gw):
     two.close()
 
 
+def test_http_sends_share_the_users_send_limit_with_its_sockets(gw):
+    alice, bob = register(gw), register(gw)
+    token = login(gw, alice)["token"]
+    ws = open_ws(gw, token)
+    for _ in range(2):
+        acked = uuid.uuid4().hex
+        ws.send_text(json.dumps({"type": "send", "payload": {"msg_id": acked, "to_user_id": bob["id"],
+                                                             "content": "hi"}}))
+        frames_until(ws, lambda f: f["type"] == "message_ack" and f["payload"]["msg_id"] == acked, timeout=15)
+
+    def send() -> tuple:
+        return call(gw, "POST", "/api/v1/messages", {"msg_id": uuid.uuid4().hex, "to_user_id": bob["id"],
+                                                     "content": "hi"}, token=token)
+    answers = [send() for _ in range(3)]  # the user's 3rd and 4th are allowed, the 5th is not
+    assert [(status, body["code"]) for status, _, body in answers] == [(200, 0), (200, 0), (429, 10007)]
+    assert int(answers[-1][1]["Retry-After"]) >= 1 and answers[-1][2]["retry_after_ms"] > 1000
+    ws.close()
+
+
 def test_a_refused_sync_names_its_conversation(gw):
     """Syncs are limited per user (3 a minute here); the refusal says which conversation to sync
     again, since a client syncs many at once after a reconnect."""
