@@ -70,16 +70,6 @@ def contact_ids(user_id: int) -> list[int]:
     return [m.user_id for m in query]
 
 
-def blocked_pairs(pairs: set[tuple[int, int]]) -> set[tuple[int, int]]:
-    """The ``(sender, recipient)`` pairs of which either has blocked the other (one query)."""
-    if not pairs:
-        return set()
-    both = {p for a, b in pairs for p in ((a, b), (b, a))}
-    found = set(Block.select(Block.user_id, Block.blocked_id).where(
-        pw.Tuple(Block.user_id, Block.blocked_id).in_(list(both))).tuples())
-    return {(a, b) for a, b in pairs if (a, b) in found or (b, a) in found}
-
-
 def block(user_id: int, other_id: int, blocked: bool) -> dict:
     """Block or unblock ``other_id`` for ``user_id`` (idempotent)."""
     if other_id == user_id:

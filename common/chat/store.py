@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import peewee as pw
 
 from common.chat.changes import Changes, needs_checks
-from common.chat.members import blocked_pairs, pair_key, private_conversation
+from common.chat.members import pair_key, private_conversation
 from common.chat.reads import message_view
 from common.chat.rules import SYSTEM
 from common.config import ChatConfig
 from common.errors import AppError, Code
-from common.models import Conversation, ConversationMember as Member, Mention, Message, Reaction, User, db, now_ms
+from common.models import Block, Conversation, ConversationMember as Member, Mention, Message, Reaction, User, db, now_ms
 
 
 @dataclass(frozen=True)
@@ -97,8 +97,7 @@ def _store_batch(sends, convs, results, known: dict[str, Message],
         with db.atomic():
             conv_ids = sorted(counts)
             _execute(*_seq_statement(counts))
-            last = dict(Conversation.select(Conversation.id, Conversation.last_seq)
-                        .where(Conversation.id.in_(conv_ids)).tuples())
+            last = dict(_execute(*_last_seqs_statement(conv_ids)).fetchall())
             next_seq = {cid: last[cid] - counts[cid] + 1 for cid in conv_ids}
             for message in new:
                 message.seq = next_seq[message.conversation_id]
@@ -112,24 +111,45 @@ def _store_batch(sends, convs, results, known: dict[str, Message],
     return results
 
 
-# The store's three batch statements, rendered by peewee once per shape (database, statement,
-# number of rows) and then reused with new parameters: peewee renders value by value, which was
-# about 40 % of the send function's time at 500 msg/s (py-spy). Each statement's parameters are
-# listed in the order its rendering takes them (tests/unit/test_store_statements.py compares them).
+# The store's batch statements (blocks, seq move, last seqs, insert, senders' read cursors), rendered
+# by peewee once per shape (database, statement, number of rows) and then reused with new
+# parameters: peewee renders value by value, which was about 40 % of the send function's time at
+# 500 msg/s (py-spy), and the two reads a further ~12 % at 200 msg/s. Each statement's parameters
+# are listed in the order its rendering takes them (tests/unit/test_store_statements.py compares them).
 Statement = tuple[tuple, Callable[[], pw.Query], list]
 _rendered: dict[tuple, str] = {}
 INSERT_CHUNK = 500
 _COLUMNS = tuple(field for field in Message._meta.sorted_fields if not field.primary_key)
 
 
-def _execute(key: tuple, query: Callable[[], pw.Query], params: list) -> None:
+def _execute(key: tuple, query: Callable[[], pw.Query], params: list):
+    """Run the statement (rendered by ``query`` for the first of its shape ``key``); its cursor."""
     key = (type(db.obj), *key)
     sql = _rendered.get(key)
     if sql is None:
         if len(_rendered) > 4096:
             _rendered.clear()
         sql = _rendered[key] = query().sql()[0]
-    db.execute_sql(sql, params)
+    return db.execute_sql(sql, params)
+
+
+def _blocked_pairs(pairs: set[tuple[int, int]]) -> set[tuple[int, int]]:
+    """The ``(sender, recipient)`` pairs of which either has blocked the other (one query)."""
+    if not pairs:
+        return set()
+    both = sorted({p for a, b in pairs for p in ((a, b), (b, a))})
+    found = set(_execute(("blocked", len(both)),
+                         lambda: Block.select(Block.user_id, Block.blocked_id).where(
+                             pw.Tuple(Block.user_id, Block.blocked_id).in_(both)),
+                         [v for pair in both for v in pair]).fetchall())
+    return {(a, b) for a, b in pairs if (a, b) in found or (b, a) in found}
+
+
+def _last_seqs_statement(conv_ids: list[int]) -> Statement:
+    """Each conversation's last_seq, after the batch moved it."""
+    return (("last", len(conv_ids)),
+            lambda: Conversation.select(Conversation.id, Conversation.last_seq).where(Conversation.id.in_(conv_ids)),
+            list(conv_ids))
 
 
 def _seq_statement(counts: dict[int, int]) -> Statement:
@@ -211,7 +231,7 @@ def _send_conversations(sends, results) -> list[Conversation | None]:
     """The conversation of each send (one query per kind); errors go into ``results``."""
     pairs = {(s, f["to_user_id"]) for s, f in sends if f["group_id"] is None}
     by_key = _private_conversations({pair_key(*pair) for pair in pairs})
-    blocked = blocked_pairs(pairs)
+    blocked = _blocked_pairs(pairs)
     group_ids = {f["group_id"] for _, f in sends if f["group_id"] is not None}
     groups, muted_until = {}, {}
     if group_ids:

@@ -28,8 +28,8 @@ from common.models import db, init_db  # noqa: E402
 PAIRS = 20
 
 
-def _render_each_time(key, query, params) -> None:
-    query().execute()
+def _render_each_time(key, query, params):
+    return db.execute(query())
 
 
 def measure(batch: int, rounds: int) -> dict[str, dict[str, float]]:

@@ -19,7 +19,7 @@ def executed(database, monkeypatch):
 
     def compare(key, query, params):
         seen.append((query().sql()[1], params))
-        real(key, query, params)
+        return real(key, query, params)
     monkeypatch.setattr(store, "_execute", compare)
     return seen
 
@@ -38,7 +38,7 @@ def test_the_store_passes_each_statement_the_parameters_peewee_would(executed):
     edit = chat.store_messages([_send(a, "e1", to=b, content="m1 again", content_type="edit",
                                       target_msg_id="m1")])
     assert isinstance(edit[0], chat.Stored), edit
-    assert len(executed) >= 8  # group creation's system message, two batches: seq, insert, own read each
+    assert len(executed) >= 12  # group creation's system message, two batches: blocks, seq, last seqs, insert, own read
     for rendered, listed in executed:
         assert listed == rendered
     assert [m.seq for m in (r.message for r in results)] == [1, 2, 1, 2, 3]  # m4 after the group's own
