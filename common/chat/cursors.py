@@ -5,7 +5,9 @@ from __future__ import annotations
 import peewee as pw
 
 from common.errors import AppError, Code
+import common.chat.prepared as prepared
 from common.chat.members import membership
+from common.chat.prepared import Statement
 from common.models import Conversation, ConversationMember as Member, HiddenMessage, Message
 
 
@@ -32,23 +34,35 @@ def move_cursors(acks: list[Ack]) -> dict[tuple[int, int], tuple[int | None, int
     moved: dict[tuple[int, int], tuple[int | None, int | None]] = {pair: (None, None) for pair in wanted}
     if not wanted:
         return moved
-    rows = (Member.select(Member.conversation_id, Member.user_id, Member.delivered_seq, Member.read_seq,
-                          Conversation.last_seq)
-            .join(Conversation, on=(Conversation.id == Member.conversation_id))
-            .where(pw.Tuple(Member.conversation_id, Member.user_id).in_(list(wanted)))
-            .tuples())
-    for conversation_id, user_id, delivered, read, last_seq in rows:
+    for conversation_id, user_id, delivered, read, last_seq in prepared.execute(*_cursors_statement(list(wanted))):
         to_delivered, to_read = (min(seq, last_seq) for seq in wanted[conversation_id, user_id])
-        mine = (Member.conversation_id == conversation_id) & (Member.user_id == user_id)
         delivered_to = read_to = None
-        if to_delivered > delivered and Member.update(delivered_seq=to_delivered).where(
-                mine & (Member.delivered_seq < to_delivered)).execute():
+        if to_delivered > delivered and prepared.execute(
+                *_forward_statement(Member.delivered_seq, conversation_id, user_id, to_delivered)).rowcount:
             delivered_to = to_delivered
-        if to_read > read and Member.update(read_seq=to_read).where(
-                mine & (Member.read_seq < to_read)).execute():
+        if to_read > read and prepared.execute(
+                *_forward_statement(Member.read_seq, conversation_id, user_id, to_read)).rowcount:
             read_to = to_read
         moved[conversation_id, user_id] = (delivered_to, read_to)
     return moved
+
+
+def _cursors_statement(pairs: list[tuple[int, int]]) -> Statement:
+    """Each pair's delivered and read cursors and its conversation's last seq."""
+    return (("cursors", len(pairs)),
+            lambda: Member.select(Member.conversation_id, Member.user_id, Member.delivered_seq, Member.read_seq,
+                                  Conversation.last_seq)
+            .join(Conversation, on=(Conversation.id == Member.conversation_id))
+            .where(pw.Tuple(Member.conversation_id, Member.user_id).in_(pairs)),
+            [v for pair in pairs for v in pair])
+
+
+def _forward_statement(cursor: pw.Field, conversation_id: int, user_id: int, seq: int) -> Statement:
+    """One member's ``cursor`` (delivered_seq or read_seq) moved to ``seq``, forward only."""
+    return (("forward", cursor.name),
+            lambda: Member.update({cursor: seq}).where(
+                (Member.conversation_id == conversation_id) & (Member.user_id == user_id) & (cursor < seq)),
+            [seq, conversation_id, user_id, seq])
 
 
 def hide(user_id: int, msg_id: str) -> dict:

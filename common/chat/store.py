@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import peewee as pw
 
+import common.chat.prepared as prepared
 from common.chat.changes import Changes, needs_checks
 from common.chat.members import pair_key, private_conversation
 from common.chat.reads import message_view
+from common.chat.prepared import Statement
 from common.chat.rules import SYSTEM
 from common.config import ChatConfig
 from common.errors import AppError, Code
@@ -96,41 +97,26 @@ def _store_batch(sends, convs, results, known: dict[str, Message],
             counts[message.conversation_id] = counts.get(message.conversation_id, 0) + 1
         with db.atomic():
             conv_ids = sorted(counts)
-            _execute(*_seq_statement(counts))
-            last = dict(_execute(*_last_seqs_statement(conv_ids)).fetchall())
+            prepared.execute(*_seq_statement(counts))
+            last = dict(prepared.execute(*_last_seqs_statement(conv_ids)).fetchall())
             next_seq = {cid: last[cid] - counts[cid] + 1 for cid in conv_ids}
             for message in new:
                 message.seq = next_seq[message.conversation_id]
                 next_seq[message.conversation_id] += 1
             for start in range(0, len(new), INSERT_CHUNK):
-                _execute(*_insert_statement(new[start:start + INSERT_CHUNK]))
+                prepared.execute(*_insert_statement(new[start:start + INSERT_CHUNK]))
             own = {(m.conversation_id, m.sender_id): m.seq for m in new}  # seqs ascend: the last wins
-            _execute(*_own_read_statement(own))
+            prepared.execute(*_own_read_statement(own))
             if checks is not None:
                 _write_changes(checks)
     return results
 
 
-# The store's batch statements (blocks, seq move, last seqs, insert, senders' read cursors), rendered
-# by peewee once per shape (database, statement, number of rows) and then reused with new
-# parameters: peewee renders value by value, which was about 40 % of the send function's time at
-# 500 msg/s (py-spy), and the two reads a further ~12 % at 200 msg/s. Each statement's parameters
-# are listed in the order its rendering takes them (tests/unit/test_store_statements.py compares them).
-Statement = tuple[tuple, Callable[[], pw.Query], list]
-_rendered: dict[tuple, str] = {}
+# The store's batch statements (blocks, seq move, last seqs, insert, senders' read cursors) are
+# rendered once per shape (common/chat/prepared.py); the two reads were a further ~12 % of the send
+# function's time at 200 msg/s.
 INSERT_CHUNK = 500
 _COLUMNS = tuple(field for field in Message._meta.sorted_fields if not field.primary_key)
-
-
-def _execute(key: tuple, query: Callable[[], pw.Query], params: list):
-    """Run the statement (rendered by ``query`` for the first of its shape ``key``); its cursor."""
-    key = (type(db.obj), *key)
-    sql = _rendered.get(key)
-    if sql is None:
-        if len(_rendered) > 4096:
-            _rendered.clear()
-        sql = _rendered[key] = query().sql()[0]
-    return db.execute_sql(sql, params)
 
 
 def _blocked_pairs(pairs: set[tuple[int, int]]) -> set[tuple[int, int]]:
@@ -138,10 +124,10 @@ def _blocked_pairs(pairs: set[tuple[int, int]]) -> set[tuple[int, int]]:
     if not pairs:
         return set()
     both = sorted({p for a, b in pairs for p in ((a, b), (b, a))})
-    found = set(_execute(("blocked", len(both)),
-                         lambda: Block.select(Block.user_id, Block.blocked_id).where(
-                             pw.Tuple(Block.user_id, Block.blocked_id).in_(both)),
-                         [v for pair in both for v in pair]).fetchall())
+    found = set(prepared.execute(("blocked", len(both)),
+                                 lambda: Block.select(Block.user_id, Block.blocked_id).where(
+                                     pw.Tuple(Block.user_id, Block.blocked_id).in_(both)),
+                                 [v for pair in both for v in pair]).fetchall())
     return {(a, b) for a, b in pairs if (a, b) in found or (b, a) in found}
 
 

@@ -21,6 +21,7 @@ import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from common import accounts, chat, config as config_mod  # noqa: E402
+from common.chat import prepared  # noqa: E402
 from common.chat import store  # noqa: E402
 from common.migrations import migrate  # noqa: E402
 from common.models import db, init_db  # noqa: E402
@@ -36,7 +37,7 @@ def measure(batch: int, rounds: int) -> dict[str, dict[str, float]]:
     cfg = config_mod.load(system_env("send"))
     init_db(cfg.db)
     migrate()
-    variants = {"rendered once": store._execute, "rendered each time": _render_each_time}
+    variants = {"rendered once": prepared.execute, "rendered each time": _render_each_time}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     with db.connection_context():
         tag = uuid.uuid4().hex[:6]
@@ -52,7 +53,7 @@ def measure(batch: int, rounds: int) -> dict[str, dict[str, float]]:
         try:
             for _ in range(rounds):
                 for name, execute in variants.items():
-                    store._execute = execute
+                    prepared.execute = execute
                     todo = sends()
                     started = time.process_time()
                     results = chat.store_messages(todo)
@@ -60,7 +61,7 @@ def measure(batch: int, rounds: int) -> dict[str, dict[str, float]]:
                     if not all(isinstance(r, chat.Stored) and r.created for r in results):
                         raise SystemExit(f"a send was not stored: {results[:3]}")
         finally:
-            store._execute = variants["rendered once"]
+            prepared.execute = variants["rendered once"]
     return {name: {"p25_us": round(sorted(v)[len(v) // 4], 1), "median_us": round(statistics.median(v), 1)}
             for name, v in cpu.items()}
 
