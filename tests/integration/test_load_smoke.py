@@ -40,6 +40,19 @@ def test_chat_load_tool_smoke(gw1, tmp_path):
         assert not png.exists() and "matplotlib is not installed" in done.stdout, done.stdout[-2000:]
 
 
+def test_chat_load_leaves_the_warmup_out_of_the_latency_figures_only(gw1, tmp_path):
+    out = tmp_path / "warm.json"
+    done = subprocess.run([sys.executable, "-m", "tests.load.chat_load", "--url", gw1.base, "--pairs", "2",
+                           "--rate", "40", "--duration", "2", "--warmup", "1", "--out", str(out), "--plot", ""],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["sent"] == result["acked"] == result["delivered"] == 80 and result["lost"] == 0
+    assert result["timed"] == 40 and result["warmup_s"] == 1
+    assert result["ack_ms"]["count"] == result["e2e_ms"]["count"] == 40
+    assert result["checker"]["ok"] and result["checker"]["stats"]["acked"] == 80, result["checker"]
+
+
 def test_chat_load_tool_over_http_smoke(gw1, tmp_path):
     """chat_load --http: every message is a POST /api/v1/messages whose answer is its ack (the
     gateway served them, and the history has the acks on the HTTP clients), delivered and stored

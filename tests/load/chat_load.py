@@ -23,6 +23,11 @@ user of each pair only sends, without a socket (as a bot does: a sender's other 
 each message too); the second receives on its socket and sends the read receipts. The checks are
 the same.
 
+With ``--warmup S`` the messages due in the first S seconds are sent and checked like the others
+but left out of the latency figures (``ack_ms``, ``stages_ms``, ``e2e_ms``; ``timed`` counts the
+rest): a run starts with every user's first messages on a cold system, and over a short run those
+decide the p99, not the rate being measured.
+
 Bounded: it stops after the duration plus a drain of at most ``--drain`` seconds (30; it ends
 once every send is acked or refused and every acked message received). While sending and draining
 it samples the CPU and memory of the system's processes (the gateway, each function, Kafka, Redis,
@@ -230,7 +235,7 @@ def write_plot(path: Path, samples: list[tuple], title: str) -> bool:
 
 def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False,
         plot: Path | None = None, drain: float = 30, history_path: Path | None = None,
-        read_every: int = 4, http: bool = False, connections: int = 256) -> dict:
+        read_every: int = 4, http: bool = False, connections: int = 256, warmup: float = 0) -> dict:
     ws_url = url.replace("http://", "ws://") + "/ws"
     users = register_users(url, 2 * pairs, "load")
     acks: dict = {}
@@ -285,11 +290,14 @@ def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False,
     sampling.kill()
     sampler.stop()
 
-    ack_ms = [(acks[m][0] - t) * 1000 for m, (t, _) in sent.items() if m in acks]
+    # The latency figures leave out the messages due in the first ``warmup`` seconds (all checked).
+    timed = {m: (t, r) for m, (t, r) in sent.items() if t >= started + warmup}
+    ack_ms = [(acks[m][0] - t) * 1000 for m, (t, _) in timed.items() if m in acks]
     stored_at = {m: ts for p in peers for m, ts in p.stored_at.items() if ts is not None}
-    to_stored_ms = [stored_at[m] - t * 1000 for m, (t, _) in sent.items() if m in stored_at]
-    stored_to_ack_ms = [acks[m][0] * 1000 - stored_at[m] for m in stored_at if m in acks]
-    e2e_ms = [(received[(r, m)] - t) * 1000 for m, (t, r) in sent.items() if (r, m) in received]
+    to_stored_ms = [stored_at[m] - t * 1000 for m, (t, _) in timed.items() if m in stored_at]
+    stored_to_ack_ms = [acks[m][0] * 1000 - stored_at[m] for m in timed if m in stored_at and m in acks]
+    delivered = {m: (received[(r, m)] - t) * 1000 for m, (t, r) in sent.items() if (r, m) in received}
+    e2e_ms = [delivered[m] for m in timed if m in delivered]
     not_delivered = [m for m, (t, r) in sent.items() if m in acks and (r, m) not in received]
     samples = [(t - started, (received[(r, m)] - t) * 1000, (acks[m][0] - t) * 1000 if m in acks else None)
                for m, (t, r) in sent.items() if (r, m) in received]
@@ -325,17 +333,18 @@ def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False,
     result = {
         "transport": "http" if http else "ws",
         "pairs": pairs, "target_rate": rate, "duration_s": duration, "sent": len(sent),
-        "acked": len(acks), "delivered": len(e2e_ms), "acked_not_delivered": len(not_delivered),
+        "acked": len(acks), "delivered": len(delivered), "acked_not_delivered": len(not_delivered),
+        "warmup_s": warmup, "timed": len(timed),
         "errors": len(errors), "error_codes": sorted({e.get("code") for e in errors}),
         "refused": len(refused_ids - set(acks)), "refused_then_acked": len(refused_ids & set(acks)),
         "duplicate_pushes": duplicates,
         "sync_conversations": len(by_conversation), "sync_problems": sync_problems,
         "send_rate": round(len(sent) / send_seconds, 1),
-        "delivered_rate": round(len(e2e_ms) / max(finished - started, 1e-9), 1),
+        "delivered_rate": round(len(delivered) / max(finished - started, 1e-9), 1),
         "ack_ms": percentiles(ack_ms), "e2e_ms": percentiles(e2e_ms),
         "stages_ms": {"to_stored": percentiles(to_stored_ms), "stored_to_ack": percentiles(stored_to_ack_ms)},
         "late_ms": percentiles(late),
-        "lost": len(sent) - len(e2e_ms),
+        "lost": len(sent) - len(delivered),
         "run_s": round(finished - started, 2),
         "processes_scope": sampler.scope,
         "processes": sampler.report(),
@@ -377,19 +386,22 @@ def main() -> None:
     parser.add_argument("--history", help="write the operation history here (JSON lines; tests/load/history.py)")
     parser.add_argument("--read-every", type=int, default=4,
                         help="mark every Nth received message read (its sender gets a receipt); 0: none")
+    parser.add_argument("--warmup", type=float, default=0,
+                        help="seconds at the start whose messages are left out of the latency figures")
     parser.add_argument("--http", action="store_true",
                         help="send with POST /api/v1/messages instead of WebSocket send frames")
     parser.add_argument("--connections", type=int, default=256,
                         help="with --http: keep-alive connections at most (a send waits for a free one)")
     args = parser.parse_args()
     if not (1 <= args.pairs <= 5000 and 0 < args.rate <= 20000 and 0 < args.duration <= 600
-            and 0 <= args.drain <= 600 and 1 <= args.connections <= 5000):
-        parser.error("pairs 1-5000, rate up to 20000/s, duration and drain up to 600 s, connections 1-5000")
+            and 0 <= args.drain <= 600 and 1 <= args.connections <= 5000 and 0 <= args.warmup < args.duration):
+        parser.error("pairs 1-5000, rate up to 20000/s, duration and drain up to 600 s, connections 1-5000, "
+                     "warmup shorter than the duration")
     out = Path(args.out)
     plot = out.with_suffix(".png") if args.plot is None else (Path(args.plot) if args.plot else None)
     result = run(args.url, args.pairs, args.rate, args.duration, plot=plot, drain=args.drain,
                  history_path=Path(args.history) if args.history else None, read_every=args.read_every,
-                 http=args.http, connections=args.connections)
+                 http=args.http, connections=args.connections, warmup=args.warmup)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k not in ("processes", "timeline")}, indent=2))
