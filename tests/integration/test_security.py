@@ -386,11 +386,12 @@ def test_a_refused_sync_names_its_conversation(gw):
     again, since a client syncs many at once after a reconnect."""
     token = login(gw, register(gw))["token"]
     ws = open_ws(gw, token)
-    for cid in (101, 102, 103, 104):
+    missing = [2 ** 62 + n for n in range(4)]  # no such conversations (ids count up from 1)
+    for cid in missing:
         ws.send_text(json.dumps({"type": "sync", "payload": {"conversation_id": cid, "after_seq": 0}}))
     replies = [json.loads(ws.receive(timeout=15))["payload"] for _ in range(4)]
-    assert [r["code"] for r in replies] == [40001, 40001, 40001, 10007]  # 101-103 are not theirs
-    assert replies[-1]["ref"] == "sync" and replies[-1]["conversation_id"] == 104
+    assert [r["code"] for r in replies] == [40001, 40001, 40001, 10007]
+    assert replies[-1]["ref"] == "sync" and replies[-1]["conversation_id"] == missing[-1]
     assert replies[-1]["retry_after_ms"] > 1000
     ws.close()
 
