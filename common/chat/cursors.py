@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import peewee as pw
 
-from common.errors import AppError, Code
 import common.chat.prepared as prepared
 from common.chat.members import membership
 from common.chat.prepared import Statement
+from common.errors import AppError, Code
 from common.models import Conversation, ConversationMember as Member, HiddenMessage, Message
 
 

@@ -124,11 +124,16 @@ def _blocked_pairs(pairs: set[tuple[int, int]]) -> set[tuple[int, int]]:
     if not pairs:
         return set()
     both = sorted({p for a, b in pairs for p in ((a, b), (b, a))})
-    found = set(prepared.execute(("blocked", len(both)),
-                                 lambda: Block.select(Block.user_id, Block.blocked_id).where(
-                                     pw.Tuple(Block.user_id, Block.blocked_id).in_(both)),
-                                 [v for pair in both for v in pair]).fetchall())
+    found = set(prepared.execute(*_blocks_statement(both)).fetchall())
     return {(a, b) for a, b in pairs if (a, b) in found or (b, a) in found}
+
+
+def _blocks_statement(pairs: list[tuple[int, int]]) -> Statement:
+    """The blocks among ``(user, blocked)`` pairs."""
+    return (("blocked", len(pairs)),
+            lambda: Block.select(Block.user_id, Block.blocked_id).where(
+                pw.Tuple(Block.user_id, Block.blocked_id).in_(pairs)),
+            [v for pair in pairs for v in pair])
 
 
 def _last_seqs_statement(conv_ids: list[int]) -> Statement:
