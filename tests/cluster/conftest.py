@@ -291,7 +291,8 @@ def customize(docs: list[dict], namespace: str, env: dict[str, str], gateway_por
         if kind == "Deployment" and function in scaled and "cpu" in scaled[function]:
             container = doc["spec"]["template"]["spec"]["containers"][0]
             # The request too: the overlay's 50m must not exceed the limit.
-            container["resources"]["limits"]["cpu"] = container["resources"]["requests"]["cpu"] = scaled[function]["cpu"]
+            for bound in ("limits", "requests"):
+                container["resources"][bound]["cpu"] = scaled[function]["cpu"]
             # Python's start (~1.2 s of CPU) takes half a minute under a 50m limit, a minute under
             # 25m: the liveness probe's first look (15 s) would restart the worker before it serves.
             millicores = int(scaled[function]["cpu"].removesuffix("m"))

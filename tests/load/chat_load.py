@@ -298,9 +298,9 @@ def run(url: str, pairs: int, rate: float, duration: float, quiet: bool = False,
     stored_to_ack_ms = [acks[m][0] * 1000 - stored_at[m] for m in timed if m in stored_at and m in acks]
     delivered = {m: (received[(r, m)] - t) * 1000 for m, (t, r) in sent.items() if (r, m) in received}
     e2e_ms = [delivered[m] for m in timed if m in delivered]
-    not_delivered = [m for m, (t, r) in sent.items() if m in acks and (r, m) not in received]
-    samples = [(t - started, (received[(r, m)] - t) * 1000, (acks[m][0] - t) * 1000 if m in acks else None)
-               for m, (t, r) in sent.items() if (r, m) in received]
+    not_delivered = [m for m in sent if m in acks and m not in delivered]
+    samples = [(t - started, delivered[m], (acks[m][0] - t) * 1000 if m in acks else None)
+               for m, (t, _) in sent.items() if m in delivered]
     errors = [e for p in peers for e in p.errors]
     # A 50008 (or a timeout) is "not known to be accepted": the broker may have taken the send after
     # all, and its ack then follows (PROTOCOL.md). Such a send counts as acked, not refused.
