@@ -206,8 +206,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kafka.request_timeout_ms", "KAFKA_REQUEST_TIMEOUT_MS", 5000, _int(100, 120_000),
             "How long the gateway waits for a function's reply before answering 10008"),
     Setting("kafka.gateway_linger_ms", "GATEWAY_LINGER_MS", 0, _int(0, 100),
-            "How long the gateway's producer gathers client events into one Kafka request "
-            "(0: lowest latency when idle; more: less CPU per message under load)"),
+            "How long the gateway's producer gathers client events into one Kafka request while it "
+            "is busy (0: never, the lowest latency; 3-5: ~20-40 % less gateway CPU under load, "
+            "latency not better: docs/BENCHMARKS.md)"),
+    Setting("kafka.gateway_linger_from_rate", "GATEWAY_LINGER_FROM_RATE", 300, _int(0, 1_000_000),
+            "Events a second from which the gateway's producer lingers; below it each event goes to "
+            "Kafka at once (0: always linger)"),
     Setting("kafka.commit_interval_ms", "COMMIT_INTERVAL_MS", 200, _int(0, 60_000),
             "How often a function commits the offsets of finished batches (0: after every batch); "
             "a crash or a rebalance re-runs at most this much work, which handlers absorb by msg_id"),
@@ -325,6 +329,7 @@ class KafkaConfig:
     partitions: int
     request_timeout_ms: int
     gateway_linger_ms: int
+    gateway_linger_from_rate: int
     commit_interval_ms: int
     retry_max_attempts: int
     retry_initial_backoff_ms: int

@@ -41,9 +41,10 @@ DRAIN_CLOSE_S = 2.0  # how long it waits for clients to answer the close before 
 class Gateway:
     """This process's producer, Redis client and inbox."""
 
-    def __init__(self, cfg: Config, producer, redis_client, inbox: Inbox):
+    def __init__(self, cfg: Config, producer, redis_client, inbox: Inbox, linger: bus.BusyLinger | None = None):
         self.cfg = cfg
         self.producer = producer
+        self.linger = linger  # the producer's linger while this gateway is busy (common/bus.py)
         self.redis = redis_client
         # Rate limits shared with every other gateway (common/ratelimit.py, config ratelimit.*).
         self.limiter = Limiter(redis_client, cfg.app.namespace, cfg.ratelimit.rules(), cfg.ratelimit.enabled,
@@ -62,9 +63,9 @@ class Gateway:
         redis_client = bus.make_redis(cfg, max_connections=64)  # +1 held by the inbox subscription
         inbox = Inbox(redis_client, bus.gateway_channel(cfg, cfg.app.gateway_id))
         # A request never waits on Kafka metadata longer than it would wait for its reply.
-        producer = bus.make_producer(cfg, max_block_ms=cfg.kafka.request_timeout_ms,
-                                     linger_ms=cfg.kafka.gateway_linger_ms)
-        gateway = cls(cfg, producer, redis_client, inbox)
+        producer = bus.make_producer(cfg, max_block_ms=cfg.kafka.request_timeout_ms)
+        linger = bus.BusyLinger(producer, cfg.kafka.gateway_linger_ms, cfg.kafka.gateway_linger_from_rate)
+        gateway = cls(cfg, producer, redis_client, inbox, linger)
         if not inbox.start():
             logger.warning("inbox not subscribed yet; replies wait for Redis")
         gateway.hub.start()
@@ -78,6 +79,8 @@ class Gateway:
         if reply:
             value = {**value, "reply_to": self.inbox.channel}
         cid = logs.current_cid()
+        if self.linger is not None:
+            self.linger.note()
         try:
             future = self.producer.send(self.cfg.topic(function), key=key.encode(), value=bus.encode(value),
                                         headers=[(bus.H_CID, cid.encode())] if cid else None)
